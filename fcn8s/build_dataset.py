@@ -1,0 +1,148 @@
+"""Convert a PASCAL VOC 2012 directory into sharded MindRecord files (train + val).
+
+    python -m fcn8s.build_dataset --voc-root VOCdevkit/VOC2012 --out data/mindrecord --shards 4
+
+Every sample is checked (decodable JPEG, label present, same size, values in 0..20 or 255).
+By default any bad sample stops the build (exit 2, list of bad files); --skip-bad leaves them out.
+The output directory appears only when the build is complete.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from fcn8s.data import mindrecord
+from fcn8s.data.voc import IGNORE_LABEL, NUM_VOC_CLASSES, VocSample, list_voc_samples, read_label_png
+from fcn8s.errors import UserError, run_cli
+from fcn8s.logs import setup_logging
+
+LOG = logging.getLogger("fcn8s.build_dataset")
+SPLITS = ("train", "val")
+
+
+class BadSample(Exception):
+    """A sample that cannot go into the dataset; the message names the file and the problem."""
+
+
+def encode_sample(sample: VocSample) -> Dict[str, object]:
+    """Validate one sample and return its MindRecord row (raw JPEG bytes, index PNG bytes)."""
+    if not os.path.isfile(sample.image_path):
+        raise BadSample(f"{sample.image_path}: image file missing")
+    if not os.path.isfile(sample.label_path):
+        raise BadSample(f"{sample.label_path}: label file missing")
+    with open(sample.image_path, "rb") as handle:
+        image_bytes = handle.read()
+    image = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadSample(f"{sample.image_path}: not a decodable image (corrupt or truncated)")
+    try:
+        label = read_label_png(sample.label_path)
+    except (OSError, ValueError, UserError) as err:
+        raise BadSample(f"{sample.label_path}: unreadable label ({err})") from None
+    if label.shape != image.shape[:2]:
+        raise BadSample(f"{sample.label_path}: label size {label.shape[1]}x{label.shape[0]} != image size "
+                        f"{image.shape[1]}x{image.shape[0]}")
+    bad = np.setdiff1d(np.unique(label), np.r_[np.arange(NUM_VOC_CLASSES), IGNORE_LABEL])
+    if bad.size:
+        raise BadSample(f"{sample.label_path}: label values {bad.tolist()} outside 0..{NUM_VOC_CLASSES - 1} and 255")
+    ok, label_png = cv2.imencode(".png", label)
+    if not ok:  # pragma: no cover - cv2 failure on a valid uint8 array
+        raise BadSample(f"{sample.label_path}: cannot encode label")
+    return {"file_name": sample.sample_id, "data": image_bytes, "label": label_png.tobytes()}
+
+
+def _encode_or_error(sample: VocSample) -> Tuple[Optional[Dict[str, object]], Optional[str]]:
+    try:
+        return encode_sample(sample), None
+    except BadSample as err:
+        return None, str(err)
+
+
+def check_ids(samples: List[VocSample], split: str) -> None:
+    seen = set()
+    for sample in samples:
+        if sample.sample_id in seen:
+            raise UserError(f"split '{split}': id {sample.sample_id} is listed twice")
+        seen.add(sample.sample_id)
+    if not samples:
+        raise UserError(f"split '{split}' is empty")
+
+
+def encode_all(samples: List[VocSample], workers: int, desc: str) -> Tuple[List[Dict[str, object]], List[str]]:
+    """Encode samples with ``workers`` processes (order kept); returns rows and error messages."""
+    rows: List[Dict[str, object]] = []
+    errors: List[str] = []
+    with contextlib.ExitStack() as stack:
+        mapper = map
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
+            mapper = functools.partial(pool.imap, chunksize=8)
+        for row, error in tqdm(mapper(_encode_or_error, samples), total=len(samples), desc=desc,
+                               unit="img", leave=False):
+            if error:
+                errors.append(error)
+            else:
+                rows.append(row)
+    return rows, errors
+
+
+def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_bad: bool = False) -> Dict[str, object]:
+    """Build ``out_dir`` with train/val MindRecord shards and a manifest; returns the manifest."""
+    if shards < 1 or workers < 1:
+        raise UserError("--shards and --workers must be >= 1")
+    splits = {split: list_voc_samples(voc_root, split) for split in SPLITS}
+    for split, samples in splits.items():
+        check_ids(samples, split)
+    val_ids = {s.sample_id for s in splits["val"]}
+    overlap = [s for s in splits["train"] if s.sample_id in val_ids]
+    splits["train"] = [s for s in splits["train"] if s.sample_id not in val_ids]
+    tmp_dir = mindrecord.staging_dir(out_dir)
+    manifest: Dict[str, object] = {"schema_version": mindrecord.SCHEMA_VERSION, "schema": mindrecord.SCHEMA,
+                                   "sources": {"voc": os.path.abspath(voc_root)},
+                                   "excluded_val_overlap": len(overlap), "splits": {}}
+    for split, samples in splits.items():
+        rows, errors = encode_all(samples, workers, f"encode {split}")
+        if errors and not skip_bad:
+            raise UserError(f"{len(errors)} bad sample(s) in '{split}', nothing written "
+                            f"(use --skip-bad to leave them out):\n  " + "\n  ".join(errors))
+        for error in errors:
+            LOG.warning("skipped: %s", error)
+        info = mindrecord.write_split(rows, tmp_dir, split, min(shards, max(len(rows), 1)))
+        info["skipped"] = len(errors)
+        manifest["splits"][split] = info
+        LOG.info("%s: %d samples, %d skipped, %d shard file(s)", split, info["count"], len(errors), len(info["files"]))
+    mindrecord.publish(tmp_dir, out_dir, manifest)
+    LOG.info("dataset ready in %s (%d train-val overlaps excluded from train)", out_dir, len(overlap))
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fcn8s.build_dataset", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True, help="VOC2012 directory (JPEGImages, SegmentationClass, ImageSets)")
+    parser.add_argument("--out", required=True, help="output dataset directory")
+    parser.add_argument("--shards", type=int, default=1, help="MindRecord files per split (default 1)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="encoding processes (default: min(4, cores))")
+    parser.add_argument("--skip-bad", action="store_true", help="leave bad samples out instead of stopping")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    build(args.voc_root, args.out, args.shards, args.workers, args.skip_bad)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,1 @@
+"""Datasets: VOC/SBD readers, MindRecord writing/reading, augmentation, synthetic data."""

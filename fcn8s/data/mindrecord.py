@@ -1,0 +1,104 @@
+"""MindRecord files with the reference schema ``{file_name: string, data: bytes, label: bytes}``.
+
+``data`` holds the original JPEG bytes; ``label`` a single-channel PNG of class indices (0..20,
+255 = ignore). A dataset directory holds ``<split>.mindrecord*`` shard files and ``manifest.json``;
+it is written under a temporary name and renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+from typing import Dict, Iterable, List
+
+from mindspore.mindrecord import FileWriter
+
+from fcn8s.errors import UserError
+
+SCHEMA = {"file_name": {"type": "string"}, "data": {"type": "bytes"}, "label": {"type": "bytes"}}
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+WRITE_BATCH = 64
+HEADER_SIZE = 1 << 20  # bytes; the MindSpore defaults (16/32 MiB) bloat small datasets
+PAGE_SIZE = 1 << 22
+
+
+def split_prefix(dataset_dir: str, split: str) -> str:
+    return os.path.join(dataset_dir, f"{split}.mindrecord")
+
+
+def write_split(records: Iterable[Dict[str, object]], dataset_dir: str, split: str, shards: int) -> Dict[str, object]:
+    """Write records into ``shards`` files of one split; returns count and per-file sha256."""
+    prefix = split_prefix(dataset_dir, split)
+    writer = FileWriter(file_name=prefix, shard_num=shards, overwrite=True)
+    writer.set_header_size(HEADER_SIZE)
+    writer.set_page_size(PAGE_SIZE)
+    writer.add_schema(SCHEMA, f"fcn8s_{split}")
+    count = 0
+    batch: List[Dict[str, object]] = []
+    for record in records:
+        batch.append(record)
+        count += 1
+        if len(batch) == WRITE_BATCH:
+            writer.write_raw_data(batch)
+            batch = []
+    if batch:
+        writer.write_raw_data(batch)
+    if count == 0:
+        raise UserError(f"split '{split}' is empty: nothing to write")
+    writer.commit()
+    files = split_files(dataset_dir, split)
+    return {"count": count, "files": {os.path.basename(f): sha256_file(f) for f in files}}
+
+
+def split_files(dataset_dir: str, split: str) -> List[str]:
+    """The shard files of a split, in shard order (``x.mindrecord`` or ``x.mindrecord0..N-1``)."""
+    prefix = split_prefix(dataset_dir, split)
+    if os.path.isfile(prefix):
+        return [prefix]
+    files = [f for f in glob.glob(prefix + "*") if not f.endswith(".db")]
+    return sorted(files, key=lambda f: int(f[len(prefix):] or 0))
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def staging_dir(out_dir: str) -> str:
+    """A fresh temporary directory beside ``out_dir`` (removed first if a crash left one)."""
+    tmp = f"{out_dir.rstrip(os.sep)}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def publish(tmp_dir: str, out_dir: str, manifest: Dict[str, object]) -> None:
+    """Write the manifest, then atomically replace ``out_dir`` with the finished staging dir."""
+    with open(os.path.join(tmp_dir, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+    old = f"{out_dir.rstrip(os.sep)}.old"
+    if os.path.exists(out_dir):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+    os.rename(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def dataset_files(dataset_dir: str, split: str) -> List[str]:
+    """Shard files for ``split``; accepts a dataset directory or a MindRecord file path."""
+    if os.path.isfile(dataset_dir) and not dataset_dir.endswith(".db"):
+        return [dataset_dir]
+    if not os.path.isdir(dataset_dir):
+        raise UserError(f"dataset not found: {dataset_dir} (build it with python -m fcn8s.build_dataset)")
+    if os.path.exists(f"{dataset_dir.rstrip(os.sep)}.partial") and not os.path.isfile(os.path.join(dataset_dir, MANIFEST)):
+        raise UserError(f"{dataset_dir}: incomplete build (a .partial directory exists); rerun build_dataset")
+    files = split_files(dataset_dir, split)
+    if not files:
+        raise UserError(f"{dataset_dir}: no '{split}' MindRecord files ({split}.mindrecord*)")
+    return files
