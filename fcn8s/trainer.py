@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -135,36 +136,43 @@ class Trainer:
                  tcfg.lr, tcfg.min_lr)
         self.net.set_train(True)
         iterator = self.dataset.create_tuple_iterator(num_epochs=epochs)
-        progress = tqdm(total=self.total_steps, desc="train", unit="step", disable=not self.ctx.is_main,
-                        dynamic_ncols=True)
-        step, loss_value, first_step_time = 0, float("nan"), None
-        window: List[float] = []  # wall seconds per step (data + compute) since the last report
-        last = time.perf_counter()
+        progress = tqdm(total=self.total_steps, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not (self.ctx.is_main and sys.stderr.isatty()))
+        self.step, self.first_step_seconds = 0, None
+        self.window: List[float] = []  # wall seconds per step (data + compute) since the last report
+        loss_value = float("nan")
         with logging_redirect_tqdm(), progress:
-            while step < self.total_steps:
-                epoch = step // self.steps_per_epoch
-                images, labels = next(iterator)
-                loss, finite, scale = self.step_fn(images, labels)
-                loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
-                step += 1
-                now = time.perf_counter()
-                if first_step_time is None:
-                    first_step_time = now - last
-                    LOG.info("first step (graph compile + run) took %.1f s", first_step_time)
-                else:
-                    window.append(now - last)
-                last = now
-                self.guard.update(step, loss_value, finite_value)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}")
-                if step % tcfg.log_interval == 0 or step == self.total_steps:
-                    self._report(step, epoch, loss_value, float(scale.asnumpy()), finite_value, window)
-                    window = []
-                if step % tcfg.checkpoint_interval == 0 and step < self.total_steps:
-                    self._save(step, epoch)
-        final_path = self._save(step, epochs - 1, final=True)
-        return {"steps": step, "loss": loss_value, "checkpoint": final_path,
-                "first_step_seconds": first_step_time}
+            for epoch in range(epochs):
+                self.last_tick = time.perf_counter()
+                for images, labels in iterator:  # the iterator ends (and rewinds) at each epoch end
+                    loss_value = self._train_one(epoch, images, labels)
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss_value:.4f}")
+                    if self.step == self.total_steps:
+                        break
+        final_path = self._save(self.step, epochs - 1, final=True)
+        return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
+                "first_step_seconds": self.first_step_seconds}
+
+    def _train_one(self, epoch: int, images: ms.Tensor, labels: ms.Tensor) -> float:
+        """One optimisation step plus its bookkeeping (timing, divergence, logs, checkpoints)."""
+        loss, finite, scale = self.step_fn(images, labels)
+        loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
+        self.step += 1
+        now = time.perf_counter()
+        if self.first_step_seconds is None:
+            self.first_step_seconds = now - self.last_tick
+            LOG.info("first step (graph compile + run) took %.1f s", self.first_step_seconds)
+        else:
+            self.window.append(now - self.last_tick)
+        self.last_tick = now
+        self.guard.update(self.step, loss_value, finite_value)
+        if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
+            self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
+            self.window = []
+        if self.step % self.cfg.train.checkpoint_interval == 0 and self.step < self.total_steps:
+            self._save(self.step, epoch)
+        return loss_value
 
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
         seconds = float(np.mean(window)) if window else float("nan")

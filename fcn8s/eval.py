@@ -1,0 +1,102 @@
+"""Evaluate a checkpoint on the val split at original resolution (no augmentation).
+
+    python -m fcn8s.eval --config configs/cpu_smoke.yaml --ckpt runs/demo/checkpoints/fcn8s-final.ckpt
+
+Prints pixel accuracy, mean class accuracy, mean IoU, frequency-weighted IoU and per-class IoU,
+and writes them as JSON next to the checkpoint (``<ckpt name>.eval.json``) unless --out is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from fcn8s.checkpoint import load_weights
+from fcn8s.config import Config, add_config_arguments, config_from_args
+from fcn8s.data.pipeline import iterate_eval_samples
+from fcn8s.data.voc import VOC_CLASSES
+from fcn8s.distributed import DistContext
+from fcn8s.errors import run_cli
+from fcn8s.inference import Predictor
+from fcn8s.metrics import confusion_matrix, summarize
+from fcn8s.model import build_model, resolve_conv_impl
+from fcn8s.runtime import resolve_device_target, start
+
+LOG = logging.getLogger("fcn8s.eval")
+
+
+def class_names(num_classes: int) -> List[str]:
+    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+
+
+def evaluate(cfg: Config, ctx: DistContext, ckpt: str, split: str = "val") -> np.ndarray:
+    """Confusion matrix of this rank's share of ``split`` for the network in ``ckpt``."""
+    conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
+    net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level)
+    load_weights(net, ckpt)
+    predictor = Predictor(net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
+    hist = np.zeros((cfg.model.num_classes,) * 2, np.int64)
+    batch: List[tuple] = []
+    samples = iterate_eval_samples(cfg.data.mindrecord_dir, ctx.rank, ctx.size, split)
+    for sample in tqdm(samples, desc="eval", unit="img", disable=not ctx.is_main):
+        batch.append(sample)
+        if len(batch) == cfg.eval.batch_size:
+            hist += _score(predictor, batch, cfg)
+            batch = []
+    if batch:
+        hist += _score(predictor, batch, cfg)
+    return hist
+
+
+def _score(predictor: Predictor, batch: List[tuple], cfg: Config) -> np.ndarray:
+    preds = predictor.predict([image for _, image, _ in batch], cfg.eval.batch_size)
+    return sum(confusion_matrix(label, pred, cfg.model.num_classes, cfg.data.ignore_label)
+               for (_, _, label), pred in zip(batch, preds))
+
+
+def format_table(summary: Dict[str, object], names: Sequence[str]) -> str:
+    """Human-readable metrics table (per-class IoU, '-' where the class never appears)."""
+    lines = [f"{'pixel accuracy':<26}{summary['pixel_accuracy']:.4f}",
+             f"{'mean accuracy':<26}{summary['mean_accuracy']:.4f}",
+             f"{'mean IoU':<26}{summary['mean_iou']:.4f}",
+             f"{'frequency weighted IoU':<26}{summary['frequency_weighted_iou']:.4f}",
+             "per-class IoU:"]
+    for name, iou in zip(names, summary["class_iou"]):
+        lines.append(f"  {name:<24}{'-' if iou is None else f'{iou:.4f}'}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fcn8s.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate (.ckpt)")
+    parser.add_argument("--split", default="val", help="dataset split to evaluate (default val)")
+    parser.add_argument("--out", help="metrics JSON path (default: <ckpt without .ckpt>.eval.json)")
+    add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    ctx = start(cfg)
+    hist = evaluate(cfg, ctx, args.ckpt, args.split)
+    summary = summarize(hist)
+    summary.update({"checkpoint": os.path.abspath(args.ckpt), "split": args.split,
+                    "class_names": class_names(cfg.model.num_classes)})
+    if ctx.is_main:
+        out = args.out or os.path.splitext(args.ckpt)[0] + ".eval.json"
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+        print(format_table(summary, summary["class_names"]))
+        LOG.info("metrics written to %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
