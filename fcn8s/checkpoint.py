@@ -20,7 +20,6 @@ from fcn8s.errors import UserError
 
 LOG = logging.getLogger(__name__)
 PREFIX = "fcn8s"
-OPTIMIZER_PREFIXES = ("moments.", "global_step")
 
 
 def sidecar_path(ckpt_path: str) -> str:
@@ -98,8 +97,8 @@ class CheckpointManager:
 def training_state(net: nn.Cell, optimizer: nn.Optimizer, scale_value: float) -> List[Dict[str, object]]:
     """Everything needed to continue training: network, momentum, optimiser step, loss scale."""
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
-    params += [{"name": p.name, "data": p} for p in optimizer.parameters
-               if p.name.startswith(OPTIMIZER_PREFIXES)]
+    params += [{"name": p.name, "data": p} for p in optimizer.moments]
+    params.append({"name": "global_step", "data": optimizer.global_step})
     params.append({"name": "loss_scale", "data": ms.Tensor(scale_value, ms.float32)})
     return params
 
@@ -122,7 +121,3 @@ def load_weights(net: nn.Cell, path: str) -> None:
                             f"expects {tuple(param.shape)} (different num_classes or architecture?)")
     ms.load_param_into_net(net, {name: params[name] for name in expected}, strict_load=True)
 
-
-def network_names(names: Sequence[str]) -> List[str]:
-    """Parameter names that belong to the network (not optimiser or scaler state)."""
-    return [n for n in names if not n.startswith(OPTIMIZER_PREFIXES) and n != "loss_scale"]

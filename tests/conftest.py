@@ -1,0 +1,34 @@
+"""Shared fixtures: a small synthetic VOC tree and its MindRecord build (built once per session)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def run_module(module, *args, timeout=900, env=None, check=False):
+    """Run ``python -m module args`` from the repo root; returns the CompletedProcess."""
+    result = subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def voc_tree(tmp_path_factory):
+    from fcn8s.data.synthetic import generate
+    root = str(tmp_path_factory.mktemp("voc") / "VOC2012")
+    generate(root, num_train=24, num_val=6, num_classes=5, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mindrecord_dir(voc_tree, tmp_path_factory):
+    from fcn8s.build_dataset import build
+    out = str(tmp_path_factory.mktemp("mr") / "dataset")
+    build(voc_tree, out, shards=2, workers=1)
+    return out

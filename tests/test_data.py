@@ -1,0 +1,227 @@
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import mindspore.dataset as ds
+
+from fcn8s.build_dataset import build
+from fcn8s.config import load_config
+from fcn8s.data.mindrecord import MANIFEST, dataset_files
+from fcn8s.data.pipeline import create_train_dataset, iterate_eval_samples
+from fcn8s.data.transforms import TrainTransform, prepare_eval_image, restore_prediction
+from fcn8s.data.voc import read_label_png, voc_palette
+from fcn8s.errors import UserError
+from tests.conftest import run_module
+
+
+def test_synthetic_tree_has_the_voc_layout(voc_tree):
+    ids = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "train.txt")).read().split()
+    assert len(ids) == 24
+    label_path = os.path.join(voc_tree, "SegmentationClass", f"{ids[0]}.png")
+    with Image.open(label_path) as img:
+        assert img.mode == "P"  # palette PNG like VOC
+    label = read_label_png(label_path)
+    image = cv2.imread(os.path.join(voc_tree, "JPEGImages", f"{ids[0]}.jpg"))
+    assert image.shape[:2] == label.shape
+    values = set(np.unique(label).tolist())
+    assert 0 in values and 255 in values and values <= set(range(6)) | {255}
+
+
+def test_voc_palette_known_colours():
+    palette = voc_palette()
+    assert tuple(palette[1]) == (128, 0, 0) and tuple(palette[15]) == (192, 128, 128)
+    assert tuple(palette[255]) == (224, 224, 192)
+
+
+def test_mindrecord_round_trip(voc_tree, mindrecord_dir):
+    assert os.path.isfile(os.path.join(mindrecord_dir, MANIFEST))
+    rows = list(iterate_eval_samples(mindrecord_dir, split="val"))
+    assert [name for name, _, _ in rows] == open(
+        os.path.join(voc_tree, "ImageSets", "Segmentation", "val.txt")).read().split()
+    name, image, label = rows[0]
+    np.testing.assert_array_equal(label, read_label_png(os.path.join(voc_tree, "SegmentationClass", f"{name}.png")))
+    original = cv2.imread(os.path.join(voc_tree, "JPEGImages", f"{name}.jpg"))
+    np.testing.assert_array_equal(image, original)  # the JPEG bytes are stored unchanged
+    reader = ds.MindDataset(dataset_files(mindrecord_dir, "train"), shuffle=False)
+    assert set(reader.get_col_names()) == {"file_name", "data", "label"}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_train_shards_partition_the_split(mindrecord_dir, size):
+    seen = []
+    for rank in range(size):
+        reader = ds.MindDataset(dataset_files(mindrecord_dir, "train"), columns_list=["file_name"], shuffle=True,
+                                num_shards=size, shard_id=rank)
+        seen.append([str(r["file_name"]) for r in reader.create_dict_iterator(output_numpy=True)])
+    flat = [name for part in seen for name in part]
+    assert len(flat) == len(set(flat)) == 24
+
+
+def test_train_dataset_batches_and_label_values(mindrecord_dir):
+    cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", "data.crop_size=64", "train.batch_size=4"])
+    dataset = create_train_dataset(cfg, rank=1, size=2)
+    assert dataset.get_dataset_size() == 3  # 12 samples on this rank / batch 4
+    for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        assert images.shape == (4, 3, 64, 64) and images.dtype == np.float32
+        assert labels.shape == (4, 64, 64) and labels.dtype == np.int32
+        assert set(np.unique(labels).tolist()) <= set(range(21)) | {255}
+
+
+def _augment(transform, image, label):
+    return transform.augment(image.copy(), label.copy())
+
+
+def test_augmentation_keeps_image_and_label_aligned():
+    """Encode the class in the image colour: after any scale/crop/flip they must still agree."""
+    rng = np.random.default_rng(1)
+    label = np.zeros((50, 70), np.uint8)
+    label[10:40, 5:30] = 3
+    label[:, 50:] = 7
+    image = np.zeros((50, 70, 3), np.uint8)
+    image[..., 0] = label * 30  # blue channel = 30 x class
+    mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
+    transform = TrainTransform(64, 0.5, 2.0, mean, std, seed=int(rng.integers(1000)))
+    flips = set()
+    for _ in range(30):
+        out_image, out_label = _augment(transform, image, label)
+        assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
+        assert set(np.unique(out_label).tolist()) <= {0, 3, 7, 255}
+        blue = out_image[0] * std[0] + mean[0]
+        valid = out_label != 255
+        # interior pixels agree with the label's class; a misaligned crop/flip would be off by >= 90
+        core = valid & (cv2.erode((out_label == 3).astype(np.uint8), np.ones((9, 9)), borderType=cv2.BORDER_CONSTANT,
+                                    borderValue=0) > 0)
+        assert np.all(np.abs(blue[core] - 90.0) < 10)  # cubic ringing stays small
+        if core.sum() > 20:
+            assert np.mean(np.abs(blue[core] - 90.0) < 1) > 0.9
+        # padding: label 255 and image equal to the mean (0 after normalisation)
+        assert np.all(out_image[:, ~valid] == 0)
+        flips.add(bool(out_label[:, 0].max() == 7 or out_label[:, 0].min() == 7))
+    assert flips == {True, False}  # both orientations occur
+
+
+def test_invalid_augmentation_settings():
+    with pytest.raises(ValueError, match="min_scale"):
+        TrainTransform(64, 2.0, 0.5, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="crop_size"):
+        TrainTransform(0, 0.5, 2.0, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(ValueError, match="3 values"):
+        TrainTransform(64, 0.5, 2.0, (0, 0), (1, 1, 1))
+
+
+def test_eval_preparation_pads_then_crops_back():
+    image = np.random.default_rng(0).integers(0, 255, (70, 45, 3), dtype=np.uint8)
+    canvas, valid = prepare_eval_image(image, 96, (0, 0, 0), (1, 1, 1))
+    assert canvas.shape == (3, 96, 96) and valid == (70, 45)
+    np.testing.assert_array_equal(canvas[:, :70, :45], image.transpose(2, 0, 1))
+    logits = np.zeros((4, 96, 96), np.float32)
+    logits[2, :70, :45] = 1.0
+    pred = restore_prediction(logits, valid, (70, 45))
+    assert pred.shape == (70, 45) and np.all(pred == 2)
+    big = np.zeros((200, 100, 3), np.uint8)
+    canvas, valid = prepare_eval_image(big, 96, (0, 0, 0), (1, 1, 1))
+    assert valid == (96, 48)
+    assert restore_prediction(np.zeros((4, 96, 96), np.float32), valid, (200, 100)).shape == (200, 100)
+
+
+def _copy_tree(voc_tree, tmp_path):
+    root = str(tmp_path / "VOC2012")
+    shutil.copytree(voc_tree, root)
+    return root
+
+
+def _first_id(root, split="train"):
+    return open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")).read().split()[0]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate_jpeg", "not a decodable image"),
+    ("remove_label", "label file missing"),
+    ("resize_label", "label size"),
+    ("bad_value", "label values [42]"),
+    ("rgb_not_palette", "is not in the VOC palette"),
+])
+def test_bad_samples_stop_the_build_and_name_the_file(voc_tree, tmp_path, damage, message):
+    root = _copy_tree(voc_tree, tmp_path)
+    sid = _first_id(root)
+    image_path = os.path.join(root, "JPEGImages", f"{sid}.jpg")
+    label_path = os.path.join(root, "SegmentationClass", f"{sid}.png")
+    label = read_label_png(label_path)
+    if damage == "truncate_jpeg":
+        data = open(image_path, "rb").read()
+        open(image_path, "wb").write(data[:20])
+    elif damage == "remove_label":
+        os.remove(label_path)
+    elif damage == "resize_label":
+        Image.fromarray(label[:-3]).save(label_path)
+    elif damage == "bad_value":
+        label[0, 0] = 42
+        Image.fromarray(label).save(label_path)
+    else:
+        rgb = voc_palette()[label]
+        rgb[0, 0] = (1, 2, 3)
+        Image.fromarray(rgb).save(label_path)
+    out = str(tmp_path / "out")
+    result = run_module("fcn8s.build_dataset", "--voc-root", root, "--out", out, "--workers", "1", timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr and sid in result.stderr
+    assert not os.path.exists(out)
+    skipped = build(root, out, workers=1, skip_bad=True)
+    assert skipped["splits"]["train"]["skipped"] == 1 and skipped["splits"]["train"]["count"] == 23
+
+
+def test_rgb_palette_labels_are_decoded(voc_tree, tmp_path):
+    root = _copy_tree(voc_tree, tmp_path)
+    sid = _first_id(root)
+    label_path = os.path.join(root, "SegmentationClass", f"{sid}.png")
+    label = read_label_png(label_path)
+    Image.fromarray(voc_palette()[label]).save(label_path)
+    np.testing.assert_array_equal(read_label_png(label_path), label)
+
+
+def test_list_and_split_errors(voc_tree, tmp_path):
+    with pytest.raises(UserError, match="VOC root not found"):
+        build(str(tmp_path / "missing"), str(tmp_path / "o"))
+    root = _copy_tree(voc_tree, tmp_path)
+    train_list = os.path.join(root, "ImageSets", "Segmentation", "train.txt")
+    ids = open(train_list).read().split()
+    open(train_list, "w").write("\n".join(ids + ids[:1]) + "\n")
+    with pytest.raises(UserError, match=f"id {ids[0]} is listed twice"):
+        build(root, str(tmp_path / "o"))
+    open(train_list, "w").write("\n")
+    with pytest.raises(UserError, match="split 'train' is empty"):
+        build(root, str(tmp_path / "o"))
+
+
+def test_val_images_are_excluded_from_train(voc_tree, tmp_path):
+    root = _copy_tree(voc_tree, tmp_path)
+    val_id = _first_id(root, "val")
+    with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt"), "a") as handle:
+        handle.write(f"{val_id}\n")
+    manifest = build(root, str(tmp_path / "o"), workers=2)
+    assert manifest["excluded_val_overlap"] == 1
+    assert manifest["splits"]["train"]["count"] == 24
+
+
+def test_interrupted_build_never_looks_complete(voc_tree, tmp_path, monkeypatch):
+    from fcn8s.data import mindrecord
+    out = str(tmp_path / "o")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mindrecord, "publish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build(voc_tree, out, workers=1)
+    assert not os.path.exists(out)
+    assert os.path.isdir(out + ".partial")
+    with pytest.raises(UserError, match="dataset not found"):
+        dataset_files(out, "train")
+    monkeypatch.undo()
+    build(voc_tree, out, workers=1)  # a rerun cleans up and completes
+    assert not os.path.exists(out + ".partial") and os.path.isfile(os.path.join(out, MANIFEST))

@@ -1,0 +1,109 @@
+"""End-to-end on CPU with real processes: train, checkpoint, evaluate, diverge."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from fcn8s.checkpoint import load_weights
+from fcn8s.model import FCN8s
+from tests.conftest import run_module
+
+CONFIG = "configs/cpu_smoke.yaml"
+
+
+def _overrides(mindrecord_dir, out, *extra):
+    return [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}", "train.log_interval=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained_run(mindrecord_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    result = run_module("fcn8s.train", "--config", CONFIG,
+                        *_overrides(mindrecord_dir, out, "train.max_steps=14", "train.checkpoint_interval=5",
+                                    "train.keep_checkpoints=1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result
+
+
+def test_short_training_run_learns(trained_run):
+    out, result = trained_run
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in records] == list(range(1, 15))
+    losses = np.array([r["loss"] for r in records])
+    assert np.isfinite(losses).all()
+    assert losses[-4:].mean() < 0.7 * losses[:2].mean(), losses
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0005)  # per-step cosine, not constant
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert "[rank 0/1]" in result.stderr and "img/s" in result.stderr
+
+
+def test_checkpoints_atomic_pruned_and_loadable(trained_run):
+    out, _ = trained_run
+    ckpt_dir = os.path.join(out, "checkpoints")
+    names = sorted(os.listdir(ckpt_dir))
+    # keep_checkpoints=1: step 5 was pruned, step 10 kept, plus the final one; no temp files left
+    assert names == ["fcn8s-final.ckpt", "fcn8s-final.json", "fcn8s-step00000010.ckpt", "fcn8s-step00000010.json"]
+    meta = json.load(open(os.path.join(ckpt_dir, "fcn8s-final.json")))
+    assert meta["step"] == 14 and meta["final"] and len(meta["sha256"]) == 64
+    params = ms.load_checkpoint(os.path.join(ckpt_dir, "fcn8s-final.ckpt"))
+    assert "moments.conv6.0.weight" in params and "loss_scale" in params
+    net = FCN8s(21)
+    load_weights(net, os.path.join(ckpt_dir, "fcn8s-final.ckpt"))
+    np.testing.assert_array_equal(net.score_fr.weight.asnumpy(), params["score_fr.weight"].asnumpy())
+    assert os.path.isfile(os.path.join(out, "config.yaml"))
+
+
+def test_eval_cli_prints_table_and_writes_json(trained_run, mindrecord_dir):
+    out, _ = trained_run
+    ckpt = os.path.join(out, "checkpoints", "fcn8s-final.ckpt")
+    result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", ckpt, f"data.mindrecord_dir={mindrecord_dir}",
+                        "eval.image_size=96", "eval.batch_size=4")
+    assert result.returncode == 0, result.stderr[-4000:]
+    for line in ("pixel accuracy", "mean accuracy", "mean IoU", "frequency weighted IoU", "background"):
+        assert line in result.stdout
+    metrics = json.load(open(os.path.join(out, "checkpoints", "fcn8s-final.eval.json")))
+    assert metrics["pixels"] > 0 and 0 <= metrics["mean_iou"] <= 1 and len(metrics["class_iou"]) == 21
+    assert metrics["checkpoint"] == os.path.abspath(ckpt)
+
+
+def test_eval_missing_checkpoint_is_a_clear_error(mindrecord_dir, tmp_path):
+    result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", str(tmp_path / "none.ckpt"),
+                        f"data.mindrecord_dir={mindrecord_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: checkpoint not found" in result.stderr
+
+
+def test_divergence_stops_with_clear_message(mindrecord_dir, tmp_path):
+    out = str(tmp_path / "diverge")
+    result = run_module("fcn8s.train", "--config", CONFIG,
+                        *_overrides(mindrecord_dir, out, "train.lr=10", "train.min_lr=10", "train.max_steps=12",
+                                    "train.max_bad_steps=2", "loss_scale.init_loss_scale=1"))
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "training diverged at step" in result.stderr
+    assert not os.path.exists(os.path.join(out, "checkpoints", "fcn8s-final.ckpt"))
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = run_module("fcn8s.train", "--config", CONFIG, f"data.mindrecord_dir={tmp_path / 'none'}",
+                        f"run.output_dir={tmp_path / 'o'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: dataset not found" in result.stderr
+
+
+def test_only_rank_zero_writes_checkpoints(mindrecord_dir, tmp_path):
+    from fcn8s.config import load_config
+    from fcn8s.data.pipeline import create_train_dataset
+    from fcn8s.distributed import DistContext
+    from fcn8s.trainer import Trainer
+
+    cfg = load_config(CONFIG, [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={tmp_path}"])
+    trainer = Trainer(cfg, DistContext(rank=1, size=1, launcher="test"), FCN8s(21, "matmul"),
+                      create_train_dataset(cfg))
+    assert trainer._save(1, 0) is None
+    assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
+    main = Trainer(cfg, DistContext(), FCN8s(21, "matmul"), create_train_dataset(cfg))
+    assert os.path.isfile(main._save(1, 0))
