@@ -17,6 +17,10 @@ import yaml
 
 from fcn8s.errors import ConfigError
 
+# Set by launchers that run ranks in their own working directories: relative paths in the
+# command line and config are resolved against the directory the user launched from.
+LAUNCH_DIR_ENV = "FCN8S_LAUNCH_DIR"
+
 
 def _range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False) -> Dict[str, Any]:
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
@@ -230,10 +234,10 @@ def _apply(tree: Dict[str, Any], path: List[str], value: Any) -> None:
 
 def read_yaml(path: str) -> Dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load``; a missing or malformed file is a ConfigError."""
-    if not os.path.isfile(path):
+    if not os.path.isfile(resolve_path(path)):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(resolve_path(path), encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
@@ -244,15 +248,29 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
+def resolve_path(path: str) -> str:
+    """Absolute path; relative ones are taken from the launch directory (see LAUNCH_DIR_ENV)."""
+    return os.path.abspath(os.path.join(os.environ.get(LAUNCH_DIR_ENV, os.getcwd()), path))
+
+
+def _resolve_paths(cfg: Config) -> Config:
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, mindrecord_dir=resolve_path(cfg.data.mindrecord_dir)),
+        run=dataclasses.replace(cfg.run, output_dir=resolve_path(cfg.run.output_dir)))
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load defaults < YAML file < ``a.b=v`` overrides into a validated :class:`Config`."""
+    """Load defaults < YAML file < ``a.b=v`` overrides into a validated :class:`Config`.
+
+    Paths in the result (``data.mindrecord_dir``, ``run.output_dir``) are absolute.
+    """
     tree: Dict[str, Any] = read_yaml(path) if path else {}
     for text in overrides:
         key_path, value = parse_override(text)
         _apply(tree, key_path, value)
     cfg = _build(Config, tree, "")
     _cross_checks(cfg)
-    return cfg
+    return _resolve_paths(cfg)
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -1,18 +1,37 @@
-"""Which launcher started this process, and communication set-up. The only reader of launcher env.
+"""Which launcher started this process, and communication set-up.
 
-Supported here: standalone (one process) and MindSpore's dynamic cluster (``msrun``, which sets
-``MS_ROLE``/``MS_WORKER_NUM``/``MS_NODE_ID``). Running alone returns rank 0 of 1.
+The only module that reads launcher environment variables. Detected, in this order:
+
+============  ==========================================================================
+launcher      environment it reads
+============  ==========================================================================
+msrun         ``MS_ROLE``, ``MS_WORKER_NUM``, ``MS_NODE_ID`` (msrun, MindX DL AscendJob,
+              ``python -m fcn8s.launch`` on CPU) - MindSpore's dynamic cluster
+rank_table    ``RANK_TABLE_FILE`` (alias ``MINDSPORE_HCCL_CONFIG_PATH``), ``RANK_ID``,
+              ``RANK_SIZE``, ``DEVICE_ID`` - HCCL on Ascend
+openmpi       ``OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK`` - ``mpirun``; bootstraps the dynamic
+              cluster through mpi4py (rank 0 picks a port and starts the scheduler)
+slurm         ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` - ``srun``; scheduler on the
+              first node, port from ``MS_SCHED_PORT`` or derived from ``SLURM_JOB_ID``
+standalone    nothing: rank 0 of 1 (``DEVICE_ID`` optional)
+============  ==========================================================================
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, MutableMapping, Optional, Tuple
 
 from fcn8s.errors import UserError
 
 LOG = logging.getLogger(__name__)
+SCHEDULER_CODE = "from mindspore.communication import init; init()"
+SLURM_BASE_PORT = 20000
 
 
 @dataclass(frozen=True)
@@ -46,24 +65,132 @@ def _int_env(env: Mapping[str, str], name: str, default: Optional[int] = None) -
         raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def rank_table_path(env: Mapping[str, str]) -> Optional[str]:
+    return env.get("RANK_TABLE_FILE") or env.get("MINDSPORE_HCCL_CONFIG_PATH")
+
+
 def detect_launcher(env: Mapping[str, str] = os.environ) -> str:
     """Name of the launcher that started this process, from its environment."""
     if env.get("MS_ROLE"):
         return "msrun"
+    if rank_table_path(env) and "RANK_ID" in env:
+        return "rank_table"
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return "openmpi"
+    if "SLURM_PROCID" in env and _int_env(env, "SLURM_NTASKS", 1) > 1:
+        return "slurm"
     return "standalone"
 
 
-def init_distributed(env: Mapping[str, str] = os.environ) -> DistContext:
-    """Initialise communication if a launcher started us; return this process's context."""
+def planned_context(env: Mapping[str, str] = os.environ) -> DistContext:
+    """Rank, size, local rank and device this process should get, checked for contradictions."""
     launcher = detect_launcher(env)
-    if launcher == "standalone":
-        return DistContext(device_id=_int_env(env, "DEVICE_ID", 0))
-    from mindspore.communication import get_group_size, get_local_rank, get_rank, init
+    if launcher == "msrun":
+        size = _int_env(env, "MS_WORKER_NUM")
+        rank = _int_env(env, "MS_NODE_ID", _int_env(env, "RANK_ID", 0))
+        local = _int_env(env, "DEVICE_ID", rank % _int_env(env, "MS_LOCAL_WORKER", size))
+    elif launcher == "rank_table":
+        rank, size = _int_env(env, "RANK_ID"), _int_env(env, "RANK_SIZE")
+        local = _int_env(env, "DEVICE_ID", rank)
+    elif launcher == "openmpi":
+        rank, size = _int_env(env, "OMPI_COMM_WORLD_RANK"), _int_env(env, "OMPI_COMM_WORLD_SIZE")
+        local = _int_env(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0)
+    elif launcher == "slurm":
+        rank, size = _int_env(env, "SLURM_PROCID"), _int_env(env, "SLURM_NTASKS")
+        local = _int_env(env, "SLURM_LOCALID", 0)
+    else:
+        rank, size, local = 0, 1, 0
+    if launcher in ("openmpi", "slurm"):
+        for name, value in (("RANK_SIZE", size), ("RANK_ID", rank)):
+            if name in env and _int_env(env, name) != value:
+                raise UserError(f"{name}={env[name]} contradicts the {launcher} launcher ({name.lower()} {value}); "
+                                f"unset {name} or launch with a matching size")
+    if not 0 <= rank < size:
+        raise UserError(f"{launcher}: rank {rank} is outside 0..{size - 1}")
+    device = _int_env(env, "DEVICE_ID", local) if launcher in ("standalone", "rank_table", "msrun") else local
+    return DistContext(rank=rank, size=size, local_rank=local, device_id=device, launcher=launcher)
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_scheduler(host: str, port: int, workers: int, env: Optional[Mapping[str, str]] = None,
+                    log_path: Optional[str] = None) -> subprocess.Popen:
+    """Start MindSpore's dynamic-cluster scheduler process (it exits when the workers finish)."""
+    child_env = dict(env if env is not None else os.environ)
+    child_env.update({"MS_ROLE": "MS_SCHED", "MS_SCHED_HOST": host, "MS_SCHED_PORT": str(port),
+                      "MS_WORKER_NUM": str(workers)})
+    child_env.pop("MS_NODE_ID", None)
+    output = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-c", SCHEDULER_CODE], env=child_env, stdout=output,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    finally:
+        if log_path:
+            output.close()
+
+
+def worker_env(rank: int, size: int, host: str, port: int) -> dict:
+    """Dynamic-cluster variables that make this process worker ``rank`` of ``size``."""
+    return {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": host, "MS_SCHED_PORT": str(port),
+            "MS_WORKER_NUM": str(size), "MS_NODE_ID": str(rank)}
+
+
+def _scheduler_address(ctx: DistContext, env: Mapping[str, str]) -> Tuple[str, int]:
+    if ctx.launcher == "openmpi":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        address = (env.get("MS_SCHED_HOST", "127.0.0.1"), free_port()) if ctx.rank == 0 else None
+        return comm.bcast(address, root=0)
+    host = env.get("MS_SCHED_HOST") or _slurm_first_host(env)
+    port = _int_env(env, "MS_SCHED_PORT", SLURM_BASE_PORT + _int_env(env, "SLURM_JOB_ID", 0) % 20000)
+    return host, port
+
+
+def _slurm_first_host(env: Mapping[str, str]) -> str:
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodes or _int_env(env, "SLURM_NNODES", 1) == 1:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise UserError(f"cannot resolve the first Slurm node of {nodes!r} ({err}); set MS_SCHED_HOST") from None
+    return socket.gethostbyname(out.stdout.split()[0])
+
+
+def _bootstrap_dynamic_cluster(ctx: DistContext, env: MutableMapping[str, str]) -> None:
+    """Turn an mpirun/srun process into a MindSpore dynamic-cluster worker (rank 0 runs the scheduler)."""
+    host, port = _scheduler_address(ctx, env)
+    if ctx.rank == 0:
+        start_scheduler(host, port, ctx.size, env)
+    env.update(worker_env(ctx.rank, ctx.size, host, port))
+    LOG.info("%s bootstrap: scheduler at %s:%d", ctx.launcher, host, port)
+
+
+def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
+    """Initialise communication if a launcher started us; return this process's context."""
+    ctx = planned_context(env)
+    if not ctx.distributed and ctx.launcher in ("standalone", "openmpi", "slurm"):
+        return DistContext(device_id=ctx.device_id, launcher=ctx.launcher)
+    if ctx.launcher in ("openmpi", "slurm"):
+        _bootstrap_dynamic_cluster(ctx, env)
     import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
 
     init()
     rank, size = get_rank(), get_group_size()
-    local_rank = get_local_rank()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=size)
-    return DistContext(rank=rank, size=size, local_rank=local_rank, device_id=local_rank, launcher=launcher)
+    if (rank, size) != (ctx.rank, ctx.size):
+        raise UserError(f"{ctx.launcher}: communication reports rank {rank} of {size}, the launcher "
+                        f"environment says {ctx.rank} of {ctx.size}")
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
+    return ctx

@@ -7,7 +7,7 @@ import logging
 import mindspore as ms
 
 from fcn8s.config import Config
-from fcn8s.distributed import DistContext, init_distributed
+from fcn8s.distributed import DistContext, init_distributed, planned_context
 from fcn8s.logs import setup_logging
 
 LOG = logging.getLogger(__name__)
@@ -26,10 +26,9 @@ def start(cfg: Config) -> DistContext:
     device_target = resolve_device_target(cfg.run.device_target)
     mode = ms.GRAPH_MODE if cfg.run.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
-    ms.set_device(device_target)
+    planned = planned_context()
+    ms.set_device(device_target, planned.device_id if device_target != "CPU" else 0)
     ctx = init_distributed()
-    if device_target != "CPU":
-        ms.set_device(device_target, ctx.device_id)
     # The same seed on every rank gives identical initial weights (parameters are not broadcast).
     ms.set_seed(cfg.train.seed)
     setup_logging(ctx.rank, ctx.size)

@@ -6,6 +6,7 @@ adjust the loss scale.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -69,6 +70,18 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
         return loss, finite, scaler.scale_value.value()
 
     return ms.jit(step) if jit else step
+
+
+def parameter_checksum(net: nn.Cell) -> str:
+    """sha256 (16 hex digits) of the trainable weights: equal on every rank of a correct job.
+
+    BatchNorm running statistics are excluded: each rank keeps its own (rank 0's are saved).
+    """
+    digest = hashlib.sha256()
+    for param in net.trainable_params():
+        digest.update(param.name.encode())
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -150,6 +163,7 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss_value:.4f}")
                     if self.step == self.total_steps:
                         break
+        LOG.info("parameter checksum %s after %d steps", parameter_checksum(self.net), self.step)
         final_path = self._save(self.step, epochs - 1, final=True)
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}

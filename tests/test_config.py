@@ -37,8 +37,12 @@ def test_overrides_take_precedence_and_are_typed(tmp_path):
     assert load_config(str(path)) == cfg
 
 
-def test_defaults_without_file():
-    assert load_config() == Config()
+def test_defaults_without_file_and_paths_are_absolute(monkeypatch, tmp_path):
+    cfg = load_config()
+    assert (cfg.train, cfg.model, cfg.loss_scale) == (Config().train, Config().model, Config().loss_scale)
+    assert cfg.run.output_dir == os.path.abspath("runs/fcn8s")
+    monkeypatch.setenv("FCN8S_LAUNCH_DIR", str(tmp_path))
+    assert load_config(None, ["data.mindrecord_dir=mr"]).data.mindrecord_dir == str(tmp_path / "mr")
 
 
 @pytest.mark.parametrize("override, message", [
