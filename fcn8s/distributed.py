@@ -133,7 +133,7 @@ def start_scheduler(host: str, port: int, workers: int, env: Optional[Mapping[st
     output = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen([sys.executable, "-c", SCHEDULER_CODE], env=child_env, stdout=output,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True)
     finally:
         if log_path:
             output.close()

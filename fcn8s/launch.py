@@ -157,6 +157,7 @@ def supervise(procs: RankProcesses, tail: LogTail) -> int:
                 if failed:
                     rank, code = failed[0]
                     LOG.error("rank %d exited with code %d; stopping the other ranks", rank, code)
+                    code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
                 else:
                     code = 128 + received[0]
                     LOG.error("received signal %d; stopping all ranks", received[0])

@@ -1,0 +1,189 @@
+"""Launcher detection (unit) and real 2-rank CPU jobs via run_distribute.sh, mpirun and msrun."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fcn8s.distributed import DistContext, detect_launcher, planned_context
+from fcn8s.errors import UserError
+from tests.conftest import REPO
+
+VENV_BIN = os.path.dirname(sys.executable)
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, DistContext()),
+    ({"DEVICE_ID": "3"}, DistContext(device_id=3)),
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "4", "MS_NODE_ID": "2", "DEVICE_ID": "2"},
+     DistContext(rank=2, size=4, local_rank=2, device_id=2, launcher="msrun")),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "9", "RANK_SIZE": "16", "DEVICE_ID": "1"},
+     DistContext(rank=9, size=16, local_rank=1, device_id=1, launcher="rank_table")),
+    ({"MINDSPORE_HCCL_CONFIG_PATH": "/t.json", "RANK_ID": "0", "RANK_SIZE": "8"},
+     DistContext(rank=0, size=8, local_rank=0, device_id=0, launcher="rank_table")),
+    ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1"},
+     DistContext(rank=5, size=8, local_rank=1, device_id=1, launcher="openmpi")),
+    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "3"},
+     DistContext(rank=3, size=4, local_rank=3, device_id=3, launcher="slurm")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, DistContext()),  # an sbatch shell, not srun tasks
+])
+def test_launcher_detection(env, expected):
+    assert planned_context(env) == expected
+    assert detect_launcher(env) == expected.launcher
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "RANK_SIZE": "8"}, "RANK_SIZE=8 contradicts"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK_ID": "0"}, "RANK_ID=0 contradicts"),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "8", "RANK_SIZE": "8"}, "rank 8 is outside 0..7"),
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "0"}, "RANK_SIZE is required"),
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "two"}, "MS_WORKER_NUM='two' is not an integer"),
+])
+def test_contradictory_or_broken_env_is_a_clear_error(env, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        planned_context(env)
+
+
+def _train_args(mindrecord_dir, out, steps=3):
+    return ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}",
+            f"train.max_steps={steps}", "train.log_interval=1", "train.batch_size=2"]
+
+
+def _checksums(text):
+    return re.findall(r"\[rank (\d)/2\] INFO fcn8s.trainer: parameter checksum (\w+)", text)
+
+
+def _assert_data_parallel_result(logs, out):
+    sums = dict(_checksums(logs))
+    assert set(sums) == {"0", "1"}, logs[-3000:]
+    assert sums["0"] == sums["1"]  # identical weights on both ranks
+    assert "global batch 4 = 2 x 2 rank(s)" in logs
+    assert "checkpoint (written by rank 0)" in logs  # rank 1 wrote nothing
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["fcn8s-final.ckpt", "fcn8s-final.json"]
+
+
+def _run(cmd, env=None, timeout=600):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_run_distribute_two_cpu_ranks(mindrecord_dir, tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    result = _run(["bash", "launch/run_distribute.sh", "2", *_train_args(mindrecord_dir, out)[1:]],
+                  env={"LOG_DIR": str(logs)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = (logs / "rank_0.log").read_text() + (logs / "rank_1.log").read_text()
+    _assert_data_parallel_result(text, str(out))
+    assert "launcher msrun: rank 1 of 2" in text
+    assert "parameter checksum" in result.stdout  # rank 0's log is tailed to the terminal
+    assert (logs / "rank_1").is_dir()
+
+
+@pytest.mark.slow
+def test_mpirun_two_ranks(mindrecord_dir, tmp_path):
+    out = tmp_path / "out"
+    result = _run([os.path.join(VENV_BIN, "mpirun"), "-n", "2", "--oversubscribe", sys.executable, "-m", "fcn8s.train",
+                   *_train_args(mindrecord_dir, out)], env=MPI_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launcher openmpi: rank 1 of 2" in result.stderr
+    _assert_data_parallel_result(result.stderr, str(out))
+
+
+@pytest.mark.slow
+def test_msrun_two_ranks(mindrecord_dir, tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "mslogs"
+    env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": REPO}
+    result = _run([os.path.join(VENV_BIN, "msrun"), "--worker_num=2", "--local_worker_num=2", "--master_port=18731",
+                   f"--log_dir={logs}", "--join=True", "fcn8s/train.py", *_train_args(mindrecord_dir, out)], env=env)
+    text = "".join((logs / f"worker_{k}.log").read_text() for k in range(2))
+    assert result.returncode == 0, text[-3000:]
+    _assert_data_parallel_result(text, str(out))
+
+
+def _job_pids(marker):
+    """PIDs of processes whose command line or environment mentions ``marker``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def running_job(mindrecord_dir, tmp_path):
+    """A 2-rank CPU job via run_distribute.sh, returned once rank 1 has trained two steps."""
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    marker = f"FCN8S_TEST_MARKER={tmp_path.name}"
+    env = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tmp_path.name}
+    launcher = subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *_train_args(mindrecord_dir, out, 500)[1:]],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (logs / "rank_1.log").exists() and "step 2/500" in (logs / "rank_1.log").read_text():
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("rank 1 never started training")
+        yield launcher, marker
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in _job_pids(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _assert_stopped_cleanly(launcher, marker, since, expected_code, message):
+    output, _ = launcher.communicate(timeout=60)
+    assert time.monotonic() - since < 30, output[-3000:]
+    assert launcher.returncode == expected_code, output[-3000:]
+    assert message in output
+    time.sleep(1)
+    assert [pid for pid in _job_pids(marker) if pid != launcher.pid] == []  # no orphans
+
+
+@pytest.mark.slow
+def test_a_dead_rank_stops_the_job_without_orphans(running_job):
+    launcher, marker = running_job
+    worker = [pid for pid in _job_pids(marker) if b"MS_NODE_ID=1\0" in open(f"/proc/{pid}/environ", "rb").read()
+              and b"fcn8s.train" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(worker) == 1
+    killed_at = time.monotonic()
+    os.kill(worker[0], signal.SIGKILL)
+    _assert_stopped_cleanly(launcher, marker, killed_at, 137, "rank 1 exited with code -9; stopping the other ranks")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_is_forwarded(running_job):
+    launcher, marker = running_job
+    sent_at = time.monotonic()
+    launcher.send_signal(signal.SIGTERM)
+    _assert_stopped_cleanly(launcher, marker, sent_at, 128 + signal.SIGTERM, "received signal 15; stopping all ranks")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["0"], "error: N must be a positive integer, got '0'"),
+    (["-3"], "error: N must be a positive integer"),
+    (["2", "configs/nope.yaml"], "error: config file not found: configs/nope.yaml"),
+])
+def test_run_distribute_rejects_bad_arguments(args, message, tmp_path):
+    result = _run(["bash", "launch/run_distribute.sh", *args], env={"LOG_DIR": str(tmp_path / "logs")})
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "logs").exists()  # nothing started
+
+
+def test_launcher_refuses_more_ranks_than_npus(tmp_path):
+    result = _run([sys.executable, "-m", "fcn8s.launch", "--nproc", "4", "--log-dir", str(tmp_path), "--",
+                   "--config", "configs/cpu_smoke.yaml"], env={"ASCEND_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 2
+    assert "error: --nproc 4 is more than the 2 visible NPU(s) [0, 1]" in result.stderr
+    assert not list(tmp_path.glob("rank_*.log"))
