@@ -194,3 +194,23 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
                         f"environment says {ctx.rank} of {ctx.size}")
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
     return ctx
+
+
+def sum_across_ranks(values: "np.ndarray", ctx: DistContext) -> "np.ndarray":
+    """Exact element-wise sum of a non-negative integer array over all ranks.
+
+    AllReduce on CPU only takes floats, exact up to 2**24: counts are split into 16-bit halves,
+    summed as float32 and recombined (exact for up to 256 ranks and counts below 2**40 / ranks).
+    """
+    if not ctx.distributed:
+        return values
+    import mindspore as ms
+    import numpy as np
+    from mindspore import ops
+
+    counts = values.astype(np.int64)
+    if ctx.size > 256 or counts.min(initial=0) < 0 or counts.max(initial=0) >= (1 << 40) // ctx.size:
+        raise ValueError("sum_across_ranks: counts out of the exactly representable range")
+    halves = np.stack([counts & 0xFFFF, counts >> 16]).astype(np.float32)
+    low, high = ops.AllReduce()(ms.Tensor(halves)).asnumpy().astype(np.int64)
+    return ((high << 16) + low).astype(values.dtype)

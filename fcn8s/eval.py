@@ -20,7 +20,7 @@ from fcn8s.checkpoint import load_weights
 from fcn8s.config import Config, add_config_arguments, config_from_args
 from fcn8s.data.pipeline import iterate_eval_samples
 from fcn8s.data.voc import VOC_CLASSES
-from fcn8s.distributed import DistContext
+from fcn8s.distributed import DistContext, sum_across_ranks
 from fcn8s.errors import run_cli
 from fcn8s.inference import Predictor
 from fcn8s.metrics import confusion_matrix, summarize
@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     ctx = start(cfg)
-    hist = evaluate(cfg, ctx, args.ckpt, args.split)
+    hist = sum_across_ranks(evaluate(cfg, ctx, args.ckpt, args.split), ctx)
     summary = summarize(hist)
     summary.update({"checkpoint": os.path.abspath(args.ckpt), "split": args.split,
                     "class_names": class_names(cfg.model.num_classes)})

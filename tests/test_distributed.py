@@ -187,3 +187,25 @@ def test_launcher_refuses_more_ranks_than_npus(tmp_path):
     assert result.returncode == 2
     assert "error: --nproc 4 is more than the 2 visible NPU(s) [0, 1]" in result.stderr
     assert not list(tmp_path.glob("rank_*.log"))
+
+
+@pytest.mark.slow
+def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
+    import json
+
+    import mindspore as ms
+
+    from fcn8s.model import FCN8s
+
+    ckpt = str(tmp_path / "net.ckpt")
+    ms.save_checkpoint(FCN8s(21), ckpt)
+    common = ["configs/cpu_smoke.yaml"]
+    overrides = [f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96"]
+    single = _run(["bash", "launch/run_eval.sh", ckpt, *common, "1", *overrides, "--out", str(tmp_path / "one.json")])
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _run(["bash", "launch/run_eval.sh", ckpt, *common, "2", *overrides, "--out", str(tmp_path / "two.json")],
+                  env={"LOG_DIR": str(tmp_path / "logs")})
+    assert double.returncode == 0, double.stdout[-3000:]
+    one, two = (json.load(open(tmp_path / name)) for name in ("one.json", "two.json"))
+    assert one["pixels"] == two["pixels"] > 0
+    assert one == two
