@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 
@@ -21,8 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

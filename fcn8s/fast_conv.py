@@ -14,11 +14,18 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore.common.initializer import initializer
 
-IMPLEMENTATIONS = ("conv", "matmul")
+IMPLEMENTATIONS = ("conv", "matmul", "auto")
+# 'auto' uses the matmul path only while the unfolded input (kept for the backward pass) stays
+# below this size, so large crops on CPU fall back to Conv2D instead of exhausting memory.
+MAX_UNFOLD_BYTES = 256 << 20
 
 
 class SameConv2d(nn.Cell):
-    """Stride-1, odd-kernel, bias-free convolution with 'same' padding; ``impl`` picks the kernel."""
+    """Stride-1, odd-kernel, bias-free convolution with 'same' padding.
+
+    ``impl``: 'conv' (Conv2D kernel), 'matmul' (exact im2col + MatMul), or 'auto' (matmul while
+    the unfolded input is below MAX_UNFOLD_BYTES, Conv2D beyond; decided per layer at compile time).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, impl: str = "conv",
                  weight_init: str = "xavier_uniform") -> None:
@@ -37,9 +44,17 @@ class SameConv2d(nn.Cell):
         self.conv2d = ops.Conv2D(out_channel=out_channels, kernel_size=kernel_size, pad_mode="same")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
-        if self.impl == "conv":
-            return self.conv2d(x, self.weight)
-        return self._im2col_matmul(x)
+        if self.uses_matmul(x.shape):
+            return self._im2col_matmul(x)
+        return self.conv2d(x, self.weight)
+
+    def uses_matmul(self, shape: tuple) -> bool:
+        """Whether an input of ``shape`` (N, C, H, W) takes the im2col + MatMul path."""
+        if self.impl != "auto":
+            return self.impl == "matmul"
+        n, c, h, w = shape
+        unfold_bytes = 4 * n * c * min(self.kernel_size, 2 * h - 1) * min(self.kernel_size, 2 * w - 1) * h * w
+        return unfold_bytes <= MAX_UNFOLD_BYTES
 
     def _im2col_matmul(self, x: ms.Tensor) -> ms.Tensor:
         n, c, h, w = x.shape

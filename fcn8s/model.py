@@ -56,7 +56,8 @@ class FCN8s(nn.Cell):
     Args:
         n_class: number of output classes (21 for PASCAL VOC).
         conv_impl: how the 3x3 and 7x7 convolutions run: 'conv' (Conv2D kernel, for Ascend) or
-            'matmul' (exact im2col + MatMul; 10-40x faster on CPU, see fcn8s/fast_conv.py).
+            'matmul' (exact im2col + MatMul; 10-30x faster on CPU) or 'auto' (matmul where its
+            memory stays bounded), see fcn8s/fast_conv.py.
     Input height and width must be multiples of 32; output has the input's spatial size.
     """
 
@@ -90,10 +91,10 @@ class FCN8s(nn.Cell):
 
 
 def resolve_conv_impl(setting: str, device_target: str) -> str:
-    """'auto' -> 'matmul' on CPU (measured much faster there), 'conv' on accelerators."""
-    if setting != "auto":
+    """'auto' -> per-layer matmul/Conv2D choice on CPU (see fast_conv), 'conv' on accelerators."""
+    if setting != "auto" or device_target == "CPU":
         return setting
-    return "matmul" if device_target == "CPU" else "conv"
+    return "conv"
 
 
 def build_model(num_classes: int, conv_impl: str = "conv", amp_level: str = "O0") -> nn.Cell:

@@ -130,3 +130,17 @@ def test_unknown_impl_and_even_kernel_rejected():
         SameConv2d(4, 4, 3, impl="winograd")
     with pytest.raises(ValueError):
         SameConv2d(4, 4, 4)
+
+
+def test_auto_bounds_the_unfold_memory():
+    conv1_2 = SameConv2d(64, 64, 3, impl="auto")
+    assert conv1_2.uses_matmul((4, 64, 64, 64))  # demo size: 38 MB unfolded
+    assert not conv1_2.uses_matmul((4, 64, 512, 512))  # 512 crops: 2.4 GB -> Conv2D
+    conv6 = SameConv2d(512, 4096, 7, impl="auto")
+    assert conv6.uses_matmul((4, 512, 16, 16))
+    assert SameConv2d(64, 64, 3, impl="matmul").uses_matmul((4, 64, 512, 512))
+    assert not SameConv2d(64, 64, 3, impl="conv").uses_matmul((1, 64, 2, 2))
+    x = ms.Tensor(np.random.default_rng(0).normal(size=(1, 4, 5, 5)).astype(np.float32))
+    auto, conv = SameConv2d(4, 8, 3, impl="auto"), SameConv2d(4, 8, 3, impl="conv")
+    conv.weight.set_data(auto.weight.data)
+    np.testing.assert_allclose(auto(x).asnumpy(), conv(x).asnumpy(), rtol=1e-4, atol=1e-5)
