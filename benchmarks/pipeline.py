@@ -26,7 +26,7 @@ def pipeline_rate(dataset_dir: str, crop: int, batches: int) -> float:
 
     cfg = load_config(os.path.join(REPO, "configs", "cpu_smoke.yaml"),
                       [f"data.mindrecord_dir={dataset_dir}", f"data.crop_size={crop}", "train.batch_size=4"])
-    iterator = create_train_dataset(cfg).create_tuple_iterator(num_epochs=-1, output_numpy=True)
+    iterator = create_train_dataset(cfg).repeat().create_tuple_iterator(num_epochs=1, output_numpy=True)
     next(iterator)
     started = time.perf_counter()
     for _ in range(batches):
