@@ -1,6 +1,10 @@
-"""Convert a PASCAL VOC 2012 directory into sharded MindRecord files (train + val).
+"""Convert PASCAL VOC 2012 (+ optional SBD) into sharded MindRecord files (train + val).
 
-    python -m fcn8s.build_dataset --voc-root VOCdevkit/VOC2012 --out data/mindrecord --shards 4
+    python -m fcn8s.build_dataset --voc-root VOCdevkit/VOC2012 --sbd-root benchmark_RELEASE \
+        --out data/mindrecord --shards 8 --workers 4
+
+train = VOC train + SBD train + SBD val, duplicates removed (VOC's label wins), minus every VOC
+val image (the standard "train_aug" set: 10,582 images on the real data); val = VOC val (1,449).
 
 Every sample is checked (decodable JPEG, label present, same size, values in 0..20 or 255).
 By default any bad sample stops the build (exit 2, list of bad files); --skip-bad leaves them out.
@@ -9,6 +13,7 @@ The output directory appears only when the build is complete.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import logging
@@ -21,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from fcn8s.data import mindrecord
-from fcn8s.data.voc import IGNORE_LABEL, NUM_VOC_CLASSES, VocSample, list_voc_samples, read_label_png
+from fcn8s.data.sbd import SBD_SPLITS, list_sbd_samples, read_sbd_label
+from fcn8s.data.voc import IGNORE_LABEL, NUM_VOC_CLASSES, Sample, list_voc_samples, read_label_png
 from fcn8s.errors import UserError, run_cli
 from fcn8s.logs import setup_logging
 
@@ -33,7 +39,7 @@ class BadSample(Exception):
     """A sample that cannot go into the dataset; the message names the file and the problem."""
 
 
-def encode_sample(sample: VocSample) -> Dict[str, object]:
+def encode_sample(sample: Sample) -> Dict[str, object]:
     """Validate one sample and return its MindRecord row (raw JPEG bytes, index PNG bytes)."""
     if not os.path.isfile(sample.image_path):
         raise BadSample(f"{sample.image_path}: image file missing")
@@ -45,7 +51,7 @@ def encode_sample(sample: VocSample) -> Dict[str, object]:
     if image is None:
         raise BadSample(f"{sample.image_path}: not a decodable image (corrupt or truncated)")
     try:
-        label = read_label_png(sample.label_path)
+        label = read_sbd_label(sample.label_path) if sample.source == "sbd" else read_label_png(sample.label_path)
     except (OSError, ValueError, UserError) as err:
         raise BadSample(f"{sample.label_path}: unreadable label ({err})") from None
     if label.shape != image.shape[:2]:
@@ -60,14 +66,14 @@ def encode_sample(sample: VocSample) -> Dict[str, object]:
     return {"file_name": sample.sample_id, "data": image_bytes, "label": label_png.tobytes()}
 
 
-def _encode_or_error(sample: VocSample) -> Tuple[Optional[Dict[str, object]], Optional[str]]:
+def _encode_or_error(sample: Sample) -> Tuple[Optional[Dict[str, object]], Optional[str]]:
     try:
         return encode_sample(sample), None
     except BadSample as err:
         return None, str(err)
 
 
-def check_ids(samples: List[VocSample], split: str) -> None:
+def check_ids(samples: List[Sample], split: str) -> None:
     seen = set()
     for sample in samples:
         if sample.sample_id in seen:
@@ -77,7 +83,7 @@ def check_ids(samples: List[VocSample], split: str) -> None:
         raise UserError(f"split '{split}' is empty")
 
 
-def encode_all(samples: List[VocSample], workers: int, desc: str) -> Tuple[List[Dict[str, object]], List[str]]:
+def encode_all(samples: List[Sample], workers: int, desc: str) -> Tuple[List[Dict[str, object]], List[str]]:
     """Encode samples with ``workers`` processes (order kept); returns rows and error messages."""
     rows: List[Dict[str, object]] = []
     errors: List[str] = []
@@ -95,20 +101,42 @@ def encode_all(samples: List[VocSample], workers: int, desc: str) -> Tuple[List[
     return rows, errors
 
 
-def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_bad: bool = False) -> Dict[str, object]:
+def compose_splits(voc_root: str, sbd_root: Optional[str]) -> Tuple[Dict[str, List[Sample]], Dict[str, int]]:
+    """train_aug / val sample lists and the counts of what was merged away."""
+    voc = {split: list_voc_samples(voc_root, split) for split in SPLITS}
+    candidates = list(voc["train"])
+    check_ids(voc["train"], "train")
+    check_ids(voc["val"], "val")
+    if sbd_root:
+        for split in SBD_SPLITS:
+            sbd = list_sbd_samples(sbd_root, split)
+            check_ids(sbd, f"sbd {split}")
+            candidates += sbd
+    train: Dict[str, Sample] = {}
+    duplicates = 0
+    for sample in candidates:
+        if sample.sample_id in train:
+            duplicates += 1
+        else:
+            train[sample.sample_id] = sample
+    val_ids = {s.sample_id for s in voc["val"]}
+    overlap = sum(1 for sid in train if sid in val_ids)
+    splits = {"train": [s for sid, s in train.items() if sid not in val_ids], "val": voc["val"]}
+    return splits, {"duplicates_removed": duplicates, "excluded_val_overlap": overlap}
+
+
+def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_bad: bool = False,
+          sbd_root: Optional[str] = None) -> Dict[str, object]:
     """Build ``out_dir`` with train/val MindRecord shards and a manifest; returns the manifest."""
     if shards < 1 or workers < 1:
         raise UserError("--shards and --workers must be >= 1")
-    splits = {split: list_voc_samples(voc_root, split) for split in SPLITS}
-    for split, samples in splits.items():
-        check_ids(samples, split)
-    val_ids = {s.sample_id for s in splits["val"]}
-    overlap = [s for s in splits["train"] if s.sample_id in val_ids]
-    splits["train"] = [s for s in splits["train"] if s.sample_id not in val_ids]
+    splits, merged = compose_splits(voc_root, sbd_root)
     tmp_dir = mindrecord.staging_dir(out_dir)
+    sources = {"voc": os.path.abspath(voc_root)}
+    if sbd_root:
+        sources["sbd"] = os.path.abspath(sbd_root)
     manifest: Dict[str, object] = {"schema_version": mindrecord.SCHEMA_VERSION, "schema": mindrecord.SCHEMA,
-                                   "sources": {"voc": os.path.abspath(voc_root)},
-                                   "excluded_val_overlap": len(overlap), "splits": {}}
+                                   "sources": sources, **merged, "splits": {}, "label_source": {}}
     for split, samples in splits.items():
         rows, errors = encode_all(samples, workers, f"encode {split}")
         if errors and not skip_bad:
@@ -116,12 +144,18 @@ def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_b
                             f"(use --skip-bad to leave them out):\n  " + "\n  ".join(errors))
         for error in errors:
             LOG.warning("skipped: %s", error)
+        written = {row["file_name"] for row in rows}
         info = mindrecord.write_split(rows, tmp_dir, split, min(shards, max(len(rows), 1)))
         info["skipped"] = len(errors)
+        info["by_source"] = dict(collections.Counter(s.source for s in samples if s.sample_id in written))
         manifest["splits"][split] = info
-        LOG.info("%s: %d samples, %d skipped, %d shard file(s)", split, info["count"], len(errors), len(info["files"]))
+        manifest["label_source"].update({s.sample_id: s.source for s in samples if s.sample_id in written})
+        LOG.info("%s: %d samples %s, %d skipped, %d shard file(s)", split, info["count"], info["by_source"],
+                 len(errors), len(info["files"]))
     mindrecord.publish(tmp_dir, out_dir, manifest)
-    LOG.info("dataset ready in %s (%d train-val overlaps excluded from train)", out_dir, len(overlap))
+    print(f"dataset ready in {out_dir}: train {manifest['splits']['train']['count']}, "
+          f"val {manifest['splits']['val']['count']}, duplicates removed {merged['duplicates_removed']}, "
+          f"val images excluded from train {merged['excluded_val_overlap']}")
     return manifest
 
 
@@ -129,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.build_dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voc-root", required=True, help="VOC2012 directory (JPEGImages, SegmentationClass, ImageSets)")
+    parser.add_argument("--sbd-root", help="optional SBD benchmark_RELEASE directory (dataset/img, dataset/cls)")
     parser.add_argument("--out", required=True, help="output dataset directory")
     parser.add_argument("--shards", type=int, default=1, help="MindRecord files per split (default 1)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -140,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    build(args.voc_root, args.out, args.shards, args.workers, args.skip_bad)
+    build(args.voc_root, args.out, args.shards, args.workers, args.skip_bad, args.sbd_root)
     return 0
 
 

@@ -225,3 +225,58 @@ def test_interrupted_build_never_looks_complete(voc_tree, tmp_path, monkeypatch)
     monkeypatch.undo()
     build(voc_tree, out, workers=1)  # a rerun cleans up and completes
     assert not os.path.exists(out + ".partial") and os.path.isfile(os.path.join(out, MANIFEST))
+
+
+@pytest.fixture(scope="module")
+def sbd_tree(voc_tree, tmp_path_factory):
+    from fcn8s.data.synthetic import generate_sbd
+    voc_train = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "train.txt")).read().split()
+    voc_val = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "val.txt")).read().split()
+    root = str(tmp_path_factory.mktemp("sbd") / "benchmark_RELEASE")
+    # 8 new train + 4 new val ids, plus one id that VOC train has and one that VOC val has
+    generate_sbd(root, num_train=8, num_val=4, reuse_ids=[voc_train[0], voc_val[0]])
+    return root
+
+
+def test_sbd_labels_decode_from_the_mat_struct(sbd_tree):
+    import scipy.io
+
+    from fcn8s.data.sbd import list_sbd_samples, read_sbd_label
+    sample = list_sbd_samples(sbd_tree, "train")[0]
+    raw = scipy.io.loadmat(sample.label_path)["GTcls"]["Segmentation"][0, 0]
+    label = read_sbd_label(sample.label_path)
+    np.testing.assert_array_equal(label, raw)
+    assert label.dtype == np.uint8 and label.shape == cv2.imread(sample.image_path).shape[:2]
+    assert sample.source == "sbd" and set(np.unique(label).tolist()) <= set(range(21)) | {255}
+
+
+def test_train_aug_composition_counts_and_sources(voc_tree, sbd_tree, tmp_path):
+    out = str(tmp_path / "aug")
+    manifest = build(voc_tree, out, shards=3, workers=2, sbd_root=sbd_tree)
+    # 24 VOC train + 10 SBD train + 4 SBD val; 1 duplicate (VOC wins), 1 VOC val image excluded
+    assert manifest["duplicates_removed"] == 1 and manifest["excluded_val_overlap"] == 1
+    train = manifest["splits"]["train"]
+    assert train["count"] == 24 + 8 + 4 and train["by_source"] == {"voc": 24, "sbd": 12}
+    assert manifest["splits"]["val"]["count"] == 6 and len(train["files"]) == 3
+    voc_val = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "val.txt")).read().split()
+    names = {name for name, _, _ in iterate_eval_samples(out, split="train")}
+    assert len(names) == 36 and not names & set(voc_val)
+    voc_train0 = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "train.txt")).read().split()[0]
+    assert manifest["label_source"][voc_train0] == "voc" and manifest["label_source"]["2008_000000"] == "sbd"
+    assert "sbd" in manifest["sources"]
+
+
+def test_bad_sbd_mat_is_named(voc_tree, sbd_tree, tmp_path):
+    root = str(tmp_path / "sbd")
+    shutil.copytree(sbd_tree, root)
+    bad = os.path.join(root, "dataset", "cls", "2008_000001.mat")
+    open(bad, "wb").write(b"not a mat file")
+    result = run_module("fcn8s.build_dataset", "--voc-root", voc_tree, "--sbd-root", root, "--out",
+                        str(tmp_path / "o"), "--workers", "1", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "2008_000001.mat" in result.stderr and not os.path.exists(tmp_path / "o")
+
+
+def test_missing_sbd_root_is_a_clear_error(voc_tree, tmp_path):
+    with pytest.raises(UserError, match="SBD root not found"):
+        build(voc_tree, str(tmp_path / "o"), sbd_root=str(tmp_path / "nope"))

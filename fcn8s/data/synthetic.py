@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import scipy.io
 
 from fcn8s.data.voc import IGNORE_LABEL, NUM_VOC_CLASSES, write_label_png
 from fcn8s.errors import UserError, run_cli
@@ -98,6 +99,35 @@ def generate(out_dir: str, num_train: int, num_val: int, num_classes: int = 5, s
             handle.write("".join(f"{sid}\n" for sid in ids))
     LOG.info("wrote %d train + %d val synthetic VOC samples (%d classes) to %s",
              num_train, num_val, num_classes, out_dir)
+
+
+def generate_sbd(out_dir: str, num_train: int, num_val: int, num_classes: int = 5, seed: int = 1,
+                 reuse_ids: Sequence[str] = (), min_size: int = 48, max_size: int = 96) -> None:
+    """Write an SBD-layout tree: ``dataset/img/*.jpg``, ``dataset/cls/*.mat`` (GTcls struct), lists.
+
+    ``reuse_ids`` are added to SBD's train list (as real SBD overlaps VOC ids).
+    """
+    rng = np.random.default_rng(seed)
+    classes = list(range(1, num_classes + 1))
+    base = os.path.join(out_dir, "dataset")
+    for sub in ("img", "cls"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    fresh = [f"2008_{i:06d}" for i in range(num_train + num_val)]
+    lists = {"train": fresh[:num_train] + list(reuse_ids), "val": fresh[num_train:]}
+    for sample_id in lists["train"] + lists["val"]:
+        image, label = make_sample(rng, classes, min_size, max_size)
+        cv2.imwrite(os.path.join(base, "img", f"{sample_id}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        write_sbd_label(os.path.join(base, "cls", f"{sample_id}.mat"), label)
+    for split, ids in lists.items():
+        with open(os.path.join(base, f"{split}.txt"), "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{sid}\n" for sid in ids))
+
+
+def write_sbd_label(path: str, label: np.ndarray) -> None:
+    """Save a label the way SBD does: struct ``GTcls`` with Segmentation, Boundaries, CategoriesPresent."""
+    present = np.setdiff1d(np.unique(label), [0, IGNORE_LABEL]).astype(np.uint8)
+    scipy.io.savemat(path, {"GTcls": {"Segmentation": label.astype(np.uint8), "Boundaries": np.empty((0, 0)),
+                                      "CategoriesPresent": present}})
 
 
 def build_parser() -> argparse.ArgumentParser:

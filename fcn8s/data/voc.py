@@ -34,12 +34,13 @@ def voc_palette() -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class VocSample:
-    """One image id with its image and label files."""
+class Sample:
+    """One image id with its image and label files, and which dataset the label comes from."""
 
     sample_id: str
     image_path: str
     label_path: str
+    source: str = "voc"
 
 
 def split_file(voc_root: str, split: str) -> str:
@@ -54,12 +55,12 @@ def read_id_list(path: str) -> List[str]:
         return [line.split()[0] for line in handle if line.strip()]
 
 
-def list_voc_samples(voc_root: str, split: str) -> List[VocSample]:
+def list_voc_samples(voc_root: str, split: str) -> List[Sample]:
     """Samples of ``ImageSets/Segmentation/<split>.txt`` under a VOC2012 directory."""
     if not os.path.isdir(voc_root):
         raise UserError(f"VOC root not found: {voc_root}")
     return [
-        VocSample(sid, os.path.join(voc_root, "JPEGImages", f"{sid}.jpg"),
+        Sample(sid, os.path.join(voc_root, "JPEGImages", f"{sid}.jpg"),
                   os.path.join(voc_root, "SegmentationClass", f"{sid}.png"))
         for sid in read_id_list(split_file(voc_root, split))
     ]
