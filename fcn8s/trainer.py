@@ -189,12 +189,12 @@ class Trainer:
         return loss_value
 
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
-        seconds = float(np.mean(window)) if window else float("nan")
-        images_per_s = self.cfg.train.batch_size * self.ctx.size / seconds
+        seconds = float(np.mean(window)) if window else None  # None: only the compile step so far
+        images_per_s = self.cfg.train.batch_size * self.ctx.size / seconds if seconds else None
         lr = float(self.lr[step - 1])
-        LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s step %.2f s %.1f img/s",
-                 epoch, step, self.total_steps, loss, lr, scale, "" if finite else " (overflow: update skipped)",
-                 seconds, images_per_s)
+        timing = f"step {seconds:.2f} s {images_per_s:.1f} img/s" if seconds else "(compile step)"
+        LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s %s", epoch, step, self.total_steps, loss, lr,
+                 scale, "" if finite else " (overflow: update skipped)", timing)
         if self.ctx.is_main:
             self._log_metrics({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "loss_scale": scale,
                                "step_seconds": seconds, "images_per_second": images_per_s})
