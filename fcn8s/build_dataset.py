@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
-import functools
 import logging
 import multiprocessing
 import os
+import shutil
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -66,13 +65,6 @@ def encode_sample(sample: Sample) -> Dict[str, object]:
     return {"file_name": sample.sample_id, "data": image_bytes, "label": label_png.tobytes()}
 
 
-def _encode_or_error(sample: Sample) -> Tuple[Optional[Dict[str, object]], Optional[str]]:
-    try:
-        return encode_sample(sample), None
-    except BadSample as err:
-        return None, str(err)
-
-
 def check_ids(samples: List[Sample], split: str) -> None:
     seen = set()
     for sample in samples:
@@ -83,22 +75,50 @@ def check_ids(samples: List[Sample], split: str) -> None:
         raise UserError(f"split '{split}' is empty")
 
 
-def encode_all(samples: List[Sample], workers: int, desc: str) -> Tuple[List[Dict[str, object]], List[str]]:
-    """Encode samples with ``workers`` processes (order kept); returns rows and error messages."""
+_PROGRESS = None  # multiprocessing.Value: samples processed, shared with the forked workers
+
+
+def _write_shard(job: Tuple[List[Sample], str, str]) -> Tuple[Optional[str], List[str], List[str]]:
+    """Worker: encode one shard's samples and write its file; returns (sha256, ids written, errors)."""
+    samples, path, split = job
     rows: List[Dict[str, object]] = []
     errors: List[str] = []
-    with contextlib.ExitStack() as stack:
-        mapper = map
-        if workers > 1:
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
-            mapper = functools.partial(pool.imap, chunksize=8)
-        for row, error in tqdm(mapper(_encode_or_error, samples), total=len(samples), desc=desc,
-                               unit="img", leave=False):
-            if error:
-                errors.append(error)
-            else:
-                rows.append(row)
-    return rows, errors
+    for sample in samples:
+        try:
+            rows.append(encode_sample(sample))
+        except BadSample as err:
+            errors.append(str(err))
+        with _PROGRESS.get_lock():
+            _PROGRESS.value += 1
+    digest = mindrecord.write_file(rows, path, split) if rows else None
+    return digest, [str(row["file_name"]) for row in rows], errors
+
+
+def write_split(samples: List[Sample], tmp_dir: str, split: str, shards: int, workers: int
+                ) -> Tuple[Dict[str, object], List[str], List[str]]:
+    """Encode and write ``shards`` files in parallel (one worker per shard at a time).
+
+    Returns the split's manifest entry, the ids written (in order) and the bad-sample messages.
+    """
+    global _PROGRESS
+    shards = min(shards, len(samples))
+    bounds = [len(samples) * k // shards for k in range(shards + 1)]
+    jobs = [(samples[bounds[k]:bounds[k + 1]], mindrecord.shard_path(tmp_dir, split, k, shards), split)
+            for k in range(shards)]
+    context = multiprocessing.get_context("fork")
+    _PROGRESS = context.Value("l", 0)
+    with context.Pool(min(workers, shards)) as pool, \
+            tqdm(total=len(samples), desc=f"build {split}", unit="img", leave=False) as bar:
+        pending = pool.map_async(_write_shard, jobs, chunksize=1)
+        while not pending.ready():
+            pending.wait(0.2)
+            bar.update(_PROGRESS.value - bar.n)
+        bar.update(_PROGRESS.value - bar.n)
+        results = pending.get()
+    files = {os.path.basename(job[1]): digest for job, (digest, _, _) in zip(jobs, results) if digest}
+    written = [sid for _, ids, _ in results for sid in ids]
+    errors = [error for _, _, errs in results for error in errs]
+    return {"count": len(written), "files": files}, written, errors
 
 
 def compose_splits(voc_root: str, sbd_root: Optional[str]) -> Tuple[Dict[str, List[Sample]], Dict[str, int]]:
@@ -125,9 +145,13 @@ def compose_splits(voc_root: str, sbd_root: Optional[str]) -> Tuple[Dict[str, Li
     return splits, {"duplicates_removed": duplicates, "excluded_val_overlap": overlap}
 
 
-def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_bad: bool = False,
+def build(voc_root: str, out_dir: str, shards: Optional[int] = None, workers: int = 1, skip_bad: bool = False,
           sbd_root: Optional[str] = None) -> Dict[str, object]:
-    """Build ``out_dir`` with train/val MindRecord shards and a manifest; returns the manifest."""
+    """Build ``out_dir`` with train/val MindRecord shards and a manifest; returns the manifest.
+
+    ``shards`` files per split (default: one per worker); workers encode and write shards in parallel.
+    """
+    shards = workers if shards is None else shards
     if shards < 1 or workers < 1:
         raise UserError("--shards and --workers must be >= 1")
     splits, merged = compose_splits(voc_root, sbd_root)
@@ -138,14 +162,17 @@ def build(voc_root: str, out_dir: str, shards: int = 1, workers: int = 1, skip_b
     manifest: Dict[str, object] = {"schema_version": mindrecord.SCHEMA_VERSION, "schema": mindrecord.SCHEMA,
                                    "sources": sources, **merged, "splits": {}, "label_source": {}}
     for split, samples in splits.items():
-        rows, errors = encode_all(samples, workers, f"encode {split}")
+        info, written_ids, errors = write_split(samples, tmp_dir, split, shards, workers)
         if errors and not skip_bad:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
             raise UserError(f"{len(errors)} bad sample(s) in '{split}', nothing written "
                             f"(use --skip-bad to leave them out):\n  " + "\n  ".join(errors))
         for error in errors:
             LOG.warning("skipped: %s", error)
-        written = {row["file_name"] for row in rows}
-        info = mindrecord.write_split(rows, tmp_dir, split, min(shards, max(len(rows), 1)))
+        if not written_ids:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise UserError(f"split '{split}' is empty after leaving out bad samples: nothing to write")
+        written = set(written_ids)
         info["skipped"] = len(errors)
         info["by_source"] = dict(collections.Counter(s.source for s in samples if s.sample_id in written))
         manifest["splits"][split] = info
@@ -165,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--voc-root", required=True, help="VOC2012 directory (JPEGImages, SegmentationClass, ImageSets)")
     parser.add_argument("--sbd-root", help="optional SBD benchmark_RELEASE directory (dataset/img, dataset/cls)")
     parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--shards", type=int, default=1, help="MindRecord files per split (default 1)")
+    parser.add_argument("--shards", type=int, help="MindRecord files per split (default: one per worker)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="encoding processes (default: min(4, cores))")
     parser.add_argument("--skip-bad", action="store_true", help="leave bad samples out instead of stopping")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Dict, Iterable, List
+from typing import Dict, List, Sequence
 
 from mindspore.mindrecord import FileWriter
 
@@ -29,37 +29,29 @@ def split_prefix(dataset_dir: str, split: str) -> str:
     return os.path.join(dataset_dir, f"{split}.mindrecord")
 
 
-def write_split(records: Iterable[Dict[str, object]], dataset_dir: str, split: str, shards: int) -> Dict[str, object]:
-    """Write records into ``shards`` files of one split; returns count and per-file sha256."""
-    prefix = split_prefix(dataset_dir, split)
-    writer = FileWriter(file_name=prefix, shard_num=shards, overwrite=True)
+def shard_path(dataset_dir: str, split: str, index: int, count: int) -> str:
+    """``<dir>/<split>.mindrecord-00000-of-00004``: one self-contained MindRecord file per shard."""
+    return f"{split_prefix(dataset_dir, split)}-{index:05d}-of-{count:05d}"
+
+
+def write_file(records: Sequence[Dict[str, object]], path: str, split: str) -> str:
+    """Write ``records`` as one MindRecord file (plus its ``.db`` index); returns its sha256."""
+    writer = FileWriter(file_name=path, shard_num=1, overwrite=True)
     writer.set_header_size(HEADER_SIZE)
     writer.set_page_size(PAGE_SIZE)
     writer.add_schema(SCHEMA, f"fcn8s_{split}")
-    count = 0
-    batch: List[Dict[str, object]] = []
-    for record in records:
-        batch.append(record)
-        count += 1
-        if len(batch) == WRITE_BATCH:
-            writer.write_raw_data(batch)
-            batch = []
-    if batch:
-        writer.write_raw_data(batch)
-    if count == 0:
-        raise UserError(f"split '{split}' is empty: nothing to write")
+    for start in range(0, len(records), WRITE_BATCH):
+        writer.write_raw_data(list(records[start:start + WRITE_BATCH]))
     writer.commit()
-    files = split_files(dataset_dir, split)
-    return {"count": count, "files": {os.path.basename(f): sha256_file(f) for f in files}}
+    return sha256_file(path)
 
 
 def split_files(dataset_dir: str, split: str) -> List[str]:
-    """The shard files of a split, in shard order (``x.mindrecord`` or ``x.mindrecord0..N-1``)."""
+    """The MindRecord files of a split: ``<split>.mindrecord`` or its shards, in name order."""
     prefix = split_prefix(dataset_dir, split)
     if os.path.isfile(prefix):
         return [prefix]
-    files = [f for f in glob.glob(prefix + "*") if not f.endswith(".db")]
-    return sorted(files, key=lambda f: int(f[len(prefix):] or 0))
+    return sorted(f for f in glob.glob(prefix + "*") if not f.endswith(".db"))
 
 
 def sha256_file(path: str) -> str:
