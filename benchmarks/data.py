@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -22,8 +20,7 @@ import numpy as np
 
 import mindspore.dataset as ds
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, images_per_second, synthetic_dataset
 
 MEAN = [103.53, 116.28, 123.675]
 STD = [57.375, 57.120, 58.395]
@@ -68,15 +65,6 @@ def our_dataset(dataset_dir):
     return create_train_dataset(cfg)
 
 
-def images_per_second(dataset, batches: int) -> float:
-    iterator = dataset.repeat().create_tuple_iterator(num_epochs=1, output_numpy=True)
-    next(iterator)
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return 4 * batches / (time.perf_counter() - started)
-
-
 def build_seconds(voc: str, out: str, workers: int) -> float:
     """Wall time of ``fcn8s.build_dataset.build`` in this process (interpreter start-up excluded)."""
     from fcn8s.build_dataset import build
@@ -92,10 +80,7 @@ def main() -> int:
     args = parser.parse_args()
     from fcn8s.data.mindrecord import dataset_files
     with tempfile.TemporaryDirectory() as work:
-        voc = os.path.join(work, "voc")
-        subprocess.run([sys.executable, "-m", "fcn8s.data.synthetic", "--out", voc, "--train", str(args.images),
-                        "--val", "4", "--min-size", "300", "--max-size", "500"], cwd=REPO, check=True,
-                       stderr=subprocess.DEVNULL)
+        voc = synthetic_dataset(work, args.images, 300, 500, build=False)
         one = build_seconds(voc, os.path.join(work, "mr1"), 1)
         two = build_seconds(voc, os.path.join(work, "mr2"), 2)
         dataset_dir = os.path.join(work, "mr2")

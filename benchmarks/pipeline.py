@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from common import REPO, images_per_second, synthetic_dataset
 
 
 def pipeline_rate(dataset_dir: str, crop: int, batches: int) -> float:
@@ -26,12 +23,7 @@ def pipeline_rate(dataset_dir: str, crop: int, batches: int) -> float:
 
     cfg = load_config(os.path.join(REPO, "configs", "cpu_smoke.yaml"),
                       [f"data.mindrecord_dir={dataset_dir}", f"data.crop_size={crop}", "train.batch_size=4"])
-    iterator = create_train_dataset(cfg).repeat().create_tuple_iterator(num_epochs=1, output_numpy=True)
-    next(iterator)
-    started = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return 4 * batches / (time.perf_counter() - started)
+    return images_per_second(create_train_dataset(cfg), batches)
 
 
 def step_rate(steps: int = 4) -> float:
@@ -68,12 +60,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=30, help="batches timed per crop size (default 30)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        voc, dataset = os.path.join(work, "voc"), os.path.join(work, "mr")
-        subprocess.run([sys.executable, "-m", "fcn8s.data.synthetic", "--out", voc, "--train", str(args.images),
-                        "--val", "2", "--min-size", "300", "--max-size", "500"], cwd=REPO, check=True,
-                       stderr=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "-m", "fcn8s.build_dataset", "--voc-root", voc, "--out", dataset],
-                       cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+        dataset = synthetic_dataset(work, args.images, 300, 500)
         rates = {crop: pipeline_rate(dataset, crop, args.batches) for crop in (64, 512)}
     train = step_rate()
     print(f"{'stage':<34}{'images/s':>10}")

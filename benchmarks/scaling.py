@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, synthetic_dataset
 
 
 def run_job(ranks: int, steps: int, batch: int, crop: int, dataset: str, work: str) -> float:
@@ -40,11 +40,7 @@ def main() -> int:
     parser.add_argument("--crop", type=int, default=64, help="crop size (default 64)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        voc, dataset = os.path.join(work, "voc"), os.path.join(work, "mr")
-        subprocess.run([sys.executable, "-m", "fcn8s.data.synthetic", "--out", voc, "--train", "96", "--val", "4"],
-                       cwd=REPO, check=True, stderr=subprocess.DEVNULL)
-        subprocess.run([sys.executable, "-m", "fcn8s.build_dataset", "--voc-root", voc, "--out", dataset],
-                       cwd=REPO, check=True, stderr=subprocess.DEVNULL)
+        dataset = synthetic_dataset(work, 96)
         single = run_job(1, args.steps, args.batch, args.crop, dataset, work)
         multi = run_job(args.ranks, args.steps, args.batch, args.crop, dataset, work)
     print(f"{'ranks':>5} {'global batch':>12} {'images/s':>9}")
