@@ -96,12 +96,17 @@ def prepare_eval_image(image: np.ndarray, size: int, mean: Sequence[float], std:
     return canvas, (height, width)
 
 
-def restore_prediction(logits: np.ndarray, valid: Tuple[int, int], original: Tuple[int, int]) -> np.ndarray:
-    """Crop (C, S, S) logits to the valid region, resize to the original size, argmax -> (H, W) int."""
+def restore_scores(logits: np.ndarray, valid: Tuple[int, int], original: Tuple[int, int]) -> np.ndarray:
+    """Crop (C, S, S) logits to the valid region and resize to the original size -> (H, W, C)."""
     height, width = valid
     scores = np.ascontiguousarray(logits[:, :height, :width].transpose(1, 2, 0))
     if (height, width) != tuple(original):
         scores = cv2.resize(scores, (original[1], original[0]), interpolation=cv2.INTER_LINEAR)
         if scores.ndim == 2:  # cv2 drops a single channel
             scores = scores[:, :, None]
-    return scores.argmax(axis=2).astype(np.int64)
+    return scores
+
+
+def restore_prediction(logits: np.ndarray, valid: Tuple[int, int], original: Tuple[int, int]) -> np.ndarray:
+    """Class map (H, W) int64 at the original size from padded (C, S, S) logits."""
+    return restore_scores(logits, valid, original).argmax(axis=2).astype(np.int64)

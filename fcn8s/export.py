@@ -1,0 +1,62 @@
+"""Export a checkpoint for deployment (fixed input size, standard Conv2D kernels).
+
+    python -m fcn8s.export --config configs/voc_fcn8s.yaml --ckpt CKPT --format MINDIR --size 512 512 --out fcn8s
+
+MINDIR and ONNX export on any backend; AIR needs an Ascend device. The input is a float32
+(1, 3, H, W) BGR image normalised with the config's mean/std; H and W must be multiples of 32.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+import mindspore as ms
+
+from fcn8s.checkpoint import load_weights
+from fcn8s.config import add_config_arguments, config_from_args
+from fcn8s.errors import UserError, run_cli
+from fcn8s.model import OUTPUT_STRIDE, build_model
+from fcn8s.runtime import resolve_device_target, start
+
+LOG = logging.getLogger("fcn8s.export")
+SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fcn8s.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
+    parser.add_argument("--format", default="MINDIR", choices=sorted(SUFFIXES), help="export format")
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                        help="input height and width, multiples of 32 (default 512 512)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the exported input (default 1)")
+    parser.add_argument("--out", default="fcn8s", help="output file name without suffix (default fcn8s)")
+    add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    height, width = args.size
+    if height <= 0 or width <= 0 or height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
+        raise UserError(f"--size must be positive multiples of {OUTPUT_STRIDE}, got {height} {width}")
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {args.batch}")
+    if args.format == "AIR" and resolve_device_target(cfg.run.device_target) != "Ascend":
+        raise UserError("AIR export needs an Ascend device; use MINDIR or ONNX here")
+    start(cfg)
+    net = build_model(cfg.model.num_classes, "conv")  # standard kernels for inference engines
+    load_weights(net, args.ckpt)
+    net.set_train(False)
+    sample = ms.Tensor(np.zeros((args.batch, 3, height, width), np.float32))
+    ms.export(net, sample, file_name=args.out, file_format=args.format)
+    LOG.info("exported %s%s (input %d x 3 x %d x %d)", args.out, SUFFIXES[args.format], args.batch, height, width)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
