@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s.checkpoint import load_weights
 from fcn8s.config import Config, add_config_arguments, config_from_args
 from fcn8s.data.pipeline import iterate_eval_samples
 from fcn8s.data.voc import VOC_CLASSES
@@ -24,8 +23,7 @@ from fcn8s.distributed import DistContext, sum_across_ranks
 from fcn8s.errors import run_cli
 from fcn8s.inference import Predictor
 from fcn8s.metrics import confusion_matrix, summarize
-from fcn8s.model import build_model, resolve_conv_impl
-from fcn8s.runtime import resolve_device_target, start
+from fcn8s.runtime import start
 
 LOG = logging.getLogger("fcn8s.eval")
 
@@ -36,10 +34,7 @@ def class_names(num_classes: int) -> List[str]:
 
 def evaluate(cfg: Config, ctx: DistContext, ckpt: str, split: str = "val") -> np.ndarray:
     """Confusion matrix of this rank's share of ``split`` for the network in ``ckpt``."""
-    conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
-    net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level)
-    load_weights(net, ckpt)
-    predictor = Predictor(net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
+    predictor = Predictor.from_checkpoint(cfg, ckpt)
     hist = np.zeros((cfg.model.num_classes,) * 2, np.int64)
     batch: List[tuple] = []
     samples = iterate_eval_samples(cfg.data.mindrecord_dir, ctx.rank, ctx.size, split)

@@ -12,7 +12,11 @@ import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
 
+from fcn8s.checkpoint import load_weights
+from fcn8s.config import Config
 from fcn8s.data.transforms import prepare_eval_image, restore_prediction, restore_scores
+from fcn8s.model import build_model, resolve_conv_impl
+from fcn8s.runtime import resolve_device_target
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -22,6 +26,14 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 class Predictor:
     """Predicts class maps for BGR images of any size with one compiled input shape."""
+
+    @classmethod
+    def from_checkpoint(cls, cfg: Config, ckpt: str) -> "Predictor":
+        """The configured network (kernels chosen for this device) with weights from ``ckpt``."""
+        conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
+        net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level)
+        load_weights(net, ckpt)
+        return cls(net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
 
     def __init__(self, net: nn.Cell, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.net = net

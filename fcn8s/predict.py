@@ -17,13 +17,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s.checkpoint import load_weights
 from fcn8s.config import add_config_arguments, config_from_args
 from fcn8s.data.voc import voc_palette, write_label_png
 from fcn8s.errors import UserError, run_cli
 from fcn8s.inference import Predictor
-from fcn8s.model import build_model, resolve_conv_impl
-from fcn8s.runtime import resolve_device_target, start
+from fcn8s.runtime import start
 
 LOG = logging.getLogger("fcn8s.predict")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -74,10 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"--scales must be > 0, got {args.scales}")
     paths = list_images(args.input)
     start(cfg)
-    net = build_model(cfg.model.num_classes, resolve_conv_impl(cfg.model.conv_impl,
-                                                                resolve_device_target(cfg.run.device_target)))
-    load_weights(net, args.ckpt)
-    predictor = Predictor(net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
+    predictor = Predictor.from_checkpoint(cfg, args.ckpt)
     os.makedirs(args.out, exist_ok=True)
     for path in tqdm(paths, desc="predict", unit="img"):
         image = read_image(path)
