@@ -4,7 +4,7 @@
 
 On an Ascend host (``/dev/davinci*`` or ``npu-smi``) each rank gets ``DEVICE_ID``, ``RANK_ID``,
 ``RANK_SIZE`` and ``RANK_TABLE_FILE`` (the one in the environment, else one generated for the
-visible devices). Elsewhere the ranks are CPU workers of MindSpore's dynamic cluster (a scheduler
+visible devices from ``/etc/hccn.conf``, or the file named by ``HCCN_CONF``, or ``hccn_tool``). Elsewhere the ranks are CPU workers of MindSpore's dynamic cluster (a scheduler
 process plus ``MS_ROLE``/``MS_NODE_ID`` per worker). Each rank logs to ``LOG_DIR/rank_K.log`` and
 runs in ``LOG_DIR/rank_K/`` (MindSpore's per-process dumps land there). If any rank fails, the
 others are stopped and the launcher exits with that rank's code; SIGINT/SIGTERM are forwarded.
@@ -91,9 +91,10 @@ def rank_envs(nproc: int, log_dir: str) -> List[Dict[str, str]]:
 def generate_rank_table(devices: Sequence[int], log_dir: str) -> str:
     """Write an HCCL rank table for this server's ``devices`` with ``python -m rank_table``."""
     path = os.path.join(log_dir, "rank_table.json")
-    spec = ",".join(str(d) for d in devices)
-    result = subprocess.run([sys.executable, "-m", "rank_table", "generate", "--devices", spec, "-o", path],
-                            capture_output=True, text=True)
+    command = [sys.executable, "-m", "rank_table", "generate", "--devices", ",".join(map(str, devices)), "-o", path]
+    if os.environ.get("HCCN_CONF"):
+        command += ["--hccn-conf", os.environ["HCCN_CONF"]]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO_ROOT})
     if result.returncode != 0:
         raise UserError(f"cannot generate a rank table: {result.stderr.strip()} (or set RANK_TABLE_FILE)")
     return path

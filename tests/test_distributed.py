@@ -232,3 +232,27 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
         np.testing.assert_array_equal(rank0[name], rank1[name])
         np.testing.assert_allclose(rank0[name], one[name], rtol=1e-5, atol=1e-6)
     assert not np.allclose(one[one.files[0]], 0)
+
+
+def test_ascend_path_generates_a_rank_table_and_sets_rank_env(tmp_path):
+    """An 'Ascend host' (ASCEND_VISIBLE_DEVICES) with a fake hccn.conf: real launcher, real processes."""
+    import json
+
+    hccn = tmp_path / "hccn.conf"
+    hccn.write_text("".join(f"address_{d}=192.168.100.{101 + d}\nnetmask_{d}=255.255.255.0\n" for d in range(8)))
+    reports, logs = tmp_path / "reports", tmp_path / "logs"
+    reports.mkdir()
+    result = _run([sys.executable, "-m", "fcn8s.launch", "--nproc", "2", "--log-dir", str(logs),
+                   "--module", "tests.env_report_worker", "--", str(reports)],
+                  env={"ASCEND_VISIBLE_DEVICES": "4,5,6", "HCCN_CONF": str(hccn)}, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table_path = str(logs / "rank_table.json")
+    table = json.load(open(table_path))
+    devices = table["server_list"][0]["device"]
+    assert [(d["device_id"], d["device_ip"], d["rank_id"]) for d in devices] == [
+        ("4", "192.168.100.105", "0"), ("5", "192.168.100.106", "1")]
+    for rank, device in ((0, "4"), (1, "5")):
+        report = json.load(open(reports / f"rank{rank}.json"))
+        assert report["DEVICE_ID"] == device and report["RANK_ID"] == str(rank) and report["RANK_SIZE"] == "2"
+        assert report["RANK_TABLE_FILE"] == table_path and report["MS_ROLE"] is None
+        assert report["cwd"] == str(logs / f"rank_{rank}")
