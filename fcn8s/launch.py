@@ -4,15 +4,15 @@
 
 On an Ascend host (``/dev/davinci*`` or ``npu-smi``) each rank gets ``DEVICE_ID``, ``RANK_ID``,
 ``RANK_SIZE`` and ``RANK_TABLE_FILE`` (the one in the environment, else one generated for the
-visible devices from ``/etc/hccn.conf``, or the file named by ``HCCN_CONF``, or ``hccn_tool``). Elsewhere the ranks are CPU workers of MindSpore's dynamic cluster (a scheduler
-process plus ``MS_ROLE``/``MS_NODE_ID`` per worker). Each rank logs to ``LOG_DIR/rank_K.log`` and
+visible devices from ``/etc/hccn.conf``, the file named by ``HCCN_CONF``, or ``hccn_tool``).
+Elsewhere the ranks are CPU workers of MindSpore's dynamic cluster (a scheduler process plus
+``MS_ROLE``/``MS_NODE_ID`` per worker). Each rank logs to ``LOG_DIR/rank_K.log`` and
 runs in ``LOG_DIR/rank_K/`` (MindSpore's per-process dumps land there). If any rank fails, the
 others are stopped and the launcher exits with that rank's code; SIGINT/SIGTERM are forwarded.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import shutil
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
+
+from rank_table import RankTableError, devices
 
 from fcn8s.config import LAUNCH_DIR_ENV
 from fcn8s.distributed import free_port, rank_table_path, start_scheduler, worker_env
@@ -34,11 +36,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ascend_devices() -> List[int]:
-    """Visible NPU ids: ASCEND_VISIBLE_DEVICES if set, else /dev/davinciN."""
-    visible = os.environ.get("ASCEND_VISIBLE_DEVICES")
-    if visible:
-        return [int(v) for v in visible.split(",") if v.strip()]
-    return sorted(int(p[len("/dev/davinci"):]) for p in glob.glob("/dev/davinci[0-9]*"))
+    """Visible NPU ids: ASCEND_VISIBLE_DEVICES if set (any rank_table device spec), else /dev/davinciN."""
+    try:
+        visible = devices.visible_devices(os.environ)
+        if visible is not None:
+            return visible
+        return devices.list_dev_nodes()
+    except RankTableError as err:
+        if os.environ.get(devices.VISIBLE_ENV):
+            raise UserError(str(err)) from None
+        return []  # no /dev/davinciN: not an Ascend host
 
 
 def on_ascend_host() -> bool:
