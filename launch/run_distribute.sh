@@ -23,11 +23,9 @@ if [[ ! -f "${CONFIG}" ]]; then
   echo "error: config file not found: ${CONFIG}" >&2
   exit 2
 fi
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEFAULT_PYTHON=python3
-[[ -x "${ROOT}/.venv/bin/python" ]] && DEFAULT_PYTHON="${ROOT}/.venv/bin/python"
-PYTHON="${PYTHON:-${DEFAULT_PYTHON}}"
+# shellcheck source=launch/common.sh
+source "$(dirname "$0")/common.sh"
 LOG_DIR="${LOG_DIR:-logs}"
 
-PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON}" -m fcn8s.launch --nproc "${NPROC}" \
+exec "${PYTHON}" -m fcn8s.launch --nproc "${NPROC}" \
   --log-dir "${LOG_DIR}" -- --config "${CONFIG}" "${@:3}"

@@ -10,15 +10,12 @@ fi
 CKPT="$1"
 CONFIG="${2:-configs/voc_fcn8s.yaml}"
 NPROC="${3:-1}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEFAULT_PYTHON=python3
-[[ -x "${ROOT}/.venv/bin/python" ]] && DEFAULT_PYTHON="${ROOT}/.venv/bin/python"
-PYTHON="${PYTHON:-${DEFAULT_PYTHON}}"
+# shellcheck source=launch/common.sh
+source "$(dirname "$0")/common.sh"
 if [[ ! -f "${CKPT}" ]]; then
   echo "error: checkpoint not found: ${CKPT}" >&2
   exit 2
 fi
-export PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 if [[ "${NPROC}" == "1" ]]; then
   exec "${PYTHON}" -m fcn8s.eval --config "${CONFIG}" --ckpt "${CKPT}" "${@:4}"
 fi

@@ -8,8 +8,6 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 CONFIG="${1:-configs/voc_fcn8s.yaml}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DEFAULT_PYTHON=python3
-[[ -x "${ROOT}/.venv/bin/python" ]] && DEFAULT_PYTHON="${ROOT}/.venv/bin/python"
-PYTHON="${PYTHON:-${DEFAULT_PYTHON}}"
-PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON}" -m fcn8s.train --config "${CONFIG}" "${@:2}"
+# shellcheck source=launch/common.sh
+source "$(dirname "$0")/common.sh"
+exec "${PYTHON}" -m fcn8s.train --config "${CONFIG}" "${@:2}"
