@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Optional, Tuple
 
+import numpy as np
+
 from fcn8s.errors import UserError
 
 LOG = logging.getLogger(__name__)
@@ -196,7 +198,7 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
     return ctx
 
 
-def sum_across_ranks(values: "np.ndarray", ctx: DistContext) -> "np.ndarray":
+def sum_across_ranks(values: np.ndarray, ctx: DistContext) -> np.ndarray:
     """Exact element-wise sum of a non-negative integer array over all ranks.
 
     AllReduce on CPU only takes floats, exact up to 2**24: counts are split into 16-bit halves,
@@ -205,7 +207,6 @@ def sum_across_ranks(values: "np.ndarray", ctx: DistContext) -> "np.ndarray":
     if not ctx.distributed:
         return values
     import mindspore as ms
-    import numpy as np
     from mindspore import ops
 
     counts = values.astype(np.int64)

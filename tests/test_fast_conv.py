@@ -10,7 +10,6 @@ import pytest
 
 import mindspore as ms
 import mindspore.nn as nn
-import mindspore.ops as ops
 
 from fcn8s.fast_conv import SameConv2d
 

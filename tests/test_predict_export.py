@@ -1,5 +1,4 @@
 """predict and export CLIs with real processes (an untrained network is enough to test the plumbing)."""
-import os
 
 import cv2
 import numpy as np
