@@ -10,30 +10,41 @@ import mindspore.dataset as ds
 
 from fcn8s.config import Config
 from fcn8s.data.mindrecord import dataset_files
+from fcn8s.data.sampling import rank_indices, steps_in_epoch
 from fcn8s.data.transforms import TrainTransform, decode_image, decode_label
 from fcn8s.errors import UserError
 
 
-def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1) -> ds.Dataset:
-    """Shuffled, augmented, batched train split; rank ``rank`` of ``size`` reads only its shard.
+def count_samples(dataset_dir: str, split: str = "train") -> int:
+    """Number of samples in a split (all shard files)."""
+    return ds.MindDataset(dataset_files(dataset_dir, split), columns_list=["file_name"],
+                          shuffle=False).get_dataset_size()
 
-    MindDataset shards by sample index after a shuffle seeded identically on every rank, so each
-    sample is read by exactly one rank per epoch. Batches are per device (global = batch x size).
+
+def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int = 0, consumed: int = 0
+                         ) -> ds.Dataset:
+    """Augmented, batched train samples of rank ``rank`` of ``size`` for the rest of one epoch.
+
+    The order and each sample's augmentation depend only on (seed, epoch, sample), see
+    fcn8s/data/sampling.py: every sample is read by exactly one rank per epoch, and skipping the
+    ``consumed`` samples of the epoch resumes a run exactly. Batches are per device
+    (global batch = batch x size).
     """
     cv2.setNumThreads(1)
-    data = cfg.data
-    ds.config.set_seed(cfg.train.seed)
-    dataset = ds.MindDataset(dataset_files(data.mindrecord_dir, "train"), columns_list=["data", "label"],
-                             shuffle=True, num_shards=size, shard_id=rank)
+    data, batch_size = cfg.data, cfg.train.batch_size
+    files = dataset_files(data.mindrecord_dir, "train")
+    num_samples = count_samples(data.mindrecord_dir)
+    if steps_in_epoch(num_samples, 0, batch_size, size) == 0:
+        raise UserError(f"{data.mindrecord_dir}: the train split has {num_samples} samples, fewer than one global "
+                        f"batch (train.batch_size={batch_size} x {size} rank(s))")
+    indices = rank_indices(num_samples, cfg.train.seed, epoch, consumed, batch_size, rank, size)
+    dataset = ds.MindDataset(files, columns_list=["file_name", "data", "label"],
+                             sampler=ds.SubsetSampler(indices.tolist()))
     transform = TrainTransform(data.crop_size, data.min_scale, data.max_scale, data.image_mean, data.image_std,
-                               data.ignore_label, seed=cfg.train.seed * 1000 + rank)
-    dataset = dataset.map(operations=transform, input_columns=["data", "label"], output_columns=["data", "label"],
-                          num_parallel_workers=data.num_workers)
-    dataset = dataset.batch(cfg.train.batch_size, drop_remainder=True)
-    if dataset.get_dataset_size() == 0:
-        raise UserError(f"{data.mindrecord_dir}: the train shard of rank {rank} has fewer samples than "
-                        f"train.batch_size={cfg.train.batch_size}")
-    return dataset
+                               data.ignore_label, seed=cfg.train.seed, epoch=epoch)
+    dataset = dataset.map(operations=transform, input_columns=["data", "label", "file_name"],
+                          output_columns=["data", "label"], num_parallel_workers=data.num_workers)
+    return dataset.batch(batch_size, drop_remainder=True)
 
 
 def iterate_eval_samples(dataset_dir: str, rank: int = 0, size: int = 1, split: str = "val"

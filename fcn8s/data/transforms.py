@@ -7,10 +7,12 @@ cv2 and plane-wise numpy so a worker spends its time in C, not Python.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from fcn8s.data.sampling import sample_rng
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -38,10 +40,14 @@ def normalize_into(dst: np.ndarray, image: np.ndarray, mean: np.ndarray, std: np
 
 
 class TrainTransform:
-    """Random scale, pad, crop, flip, normalise, HWC->CHW; returns (image CHW float32, label int32)."""
+    """Random scale, pad, crop, flip, normalise, HWC->CHW; returns (image CHW float32, label int32).
+
+    Called on a dataset row, the random draws come from ``sample_rng(seed, epoch, file_name)``, so a
+    sample is augmented the same way whichever rank or worker thread reads it (exact resume).
+    """
 
     def __init__(self, crop_size: int, min_scale: float, max_scale: float, mean: Sequence[float],
-                 std: Sequence[float], ignore_label: int = 255, seed: int = 0) -> None:
+                 std: Sequence[float], ignore_label: int = 255, seed: int = 0, epoch: int = 0) -> None:
         if crop_size <= 0:
             raise ValueError(f"crop_size must be > 0, got {crop_size}")
         if not 0 < min_scale <= max_scale:
@@ -54,26 +60,32 @@ class TrainTransform:
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.ignore_label = ignore_label
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = epoch
+        self.rng = np.random.default_rng([seed, epoch])
 
-    def __call__(self, data: bytes, label: bytes) -> Tuple[np.ndarray, np.ndarray]:
-        return self.augment(decode_image(data), decode_label(label))
+    def __call__(self, data: bytes, label: bytes, file_name: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        rng = sample_rng(self.seed, self.epoch, str(file_name.item() if isinstance(file_name, np.ndarray)
+                                                     else file_name))
+        return self.augment(decode_image(data), decode_label(label), rng)
 
-    def augment(self, image: np.ndarray, label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Augment decoded arrays (BGR uint8 HWC, uint8 HW)."""
+    def augment(self, image: np.ndarray, label: np.ndarray, rng: Optional[np.random.Generator] = None
+                ) -> Tuple[np.ndarray, np.ndarray]:
+        """Augment decoded arrays (BGR uint8 HWC, uint8 HW) with ``rng`` (default: the transform's own)."""
+        rng = rng or self.rng
         crop = self.crop_size
-        scale = self.rng.uniform(self.min_scale, self.max_scale)
+        scale = rng.uniform(self.min_scale, self.max_scale)
         new_h, new_w = int(scale * image.shape[0]), int(scale * image.shape[1])
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
         label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-        top = int(self.rng.integers(0, max(new_h, crop) - crop + 1))
-        left = int(self.rng.integers(0, max(new_w, crop) - crop + 1))
+        top = int(rng.integers(0, max(new_h, crop) - crop + 1))
+        left = int(rng.integers(0, max(new_w, crop) - crop + 1))
         rows, cols = min(crop, new_h - top), min(crop, new_w - left)
         image_out = np.zeros((3, crop, crop), np.float32)  # 0 after normalisation == the mean colour
         label_out = np.full((crop, crop), self.ignore_label, np.int32)
         normalize_into(image_out[:, :rows, :cols], image[top:top + rows, left:left + cols], self.mean, self.std)
         label_out[:rows, :cols] = label[top:top + rows, left:left + cols]
-        if self.rng.uniform() > 0.5:
+        if rng.uniform() > 0.5:
             image_out = image_out[:, :, ::-1]
             label_out = label_out[:, ::-1]
         return np.ascontiguousarray(image_out), np.ascontiguousarray(label_out)
