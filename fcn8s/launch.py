@@ -31,6 +31,9 @@ from fcn8s.logs import setup_logging
 
 LOG = logging.getLogger("fcn8s.launch")
 STOP_GRACE_SECONDS = 10.0
+# On SIGTERM/SIGINT ranks finish their step and rank 0 saves a checkpoint before exiting.
+SIGNAL_GRACE_ENV = "FCN8S_SIGNAL_GRACE_SECONDS"
+SIGNAL_GRACE_SECONDS = 120.0
 POLL_SECONDS = 0.5
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +65,8 @@ class RankProcesses:
     def all(self) -> List[subprocess.Popen]:
         return list(self.workers.values()) + ([self.scheduler] if self.scheduler else [])
 
-    def signal_all(self, signum: int) -> None:
-        for proc in self.all():
+    def signal_all(self, signum: int, workers_only: bool = False) -> None:
+        for proc in self.workers.values() if workers_only else self.all():
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signum)
@@ -147,13 +150,26 @@ class LogTail:
                 print(line, flush=True)
 
 
+def signal_grace_seconds() -> float:
+    try:
+        return float(os.environ.get(SIGNAL_GRACE_ENV, SIGNAL_GRACE_SECONDS))
+    except ValueError:
+        raise UserError(f"{SIGNAL_GRACE_ENV} must be a number of seconds") from None
+
+
 def supervise(procs: RankProcesses, tail: LogTail) -> int:
-    """Wait for all ranks; on the first failure stop the rest and return its exit code."""
+    """Wait for all ranks; on the first failure stop the rest and return its exit code.
+
+    SIGINT/SIGTERM go to the workers only, which stop after their current step (rank 0 saving a
+    checkpoint); the scheduler and stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS
+    (or at once on a second signal). The exit code is then 128 + the signal number.
+    """
     received: List[int] = []
+    grace = signal_grace_seconds()
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        procs.signal_all(signum)
+        procs.signal_all(signum, workers_only=len(received) == 1)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -169,6 +185,11 @@ def supervise(procs: RankProcesses, tail: LogTail) -> int:
                 else:
                     code = 128 + received[0]
                     LOG.error("received signal %d; stopping all ranks", received[0])
+                    deadline = time.monotonic() + grace
+                    while len(received) == 1 and time.monotonic() < deadline and \
+                            any(p.poll() is None for p in procs.workers.values()):
+                        tail.pump()
+                        time.sleep(POLL_SECONDS)
                 procs.stop()
                 tail.pump()
                 return code
