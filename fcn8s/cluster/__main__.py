@@ -1,0 +1,94 @@
+"""``python -m fcn8s.cluster render``: write a scheduler job for a training config (see --help)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from fcn8s.cluster import slurm
+from fcn8s.cluster.spec import JobSpec, check_spec, command_line
+from fcn8s.errors import EXIT_USER_ERROR, UserError, run_cli
+
+RENDER_HELP = """\
+Render a cluster job that trains with CONFIG (plus --set overrides) on NODES x DEVICES ranks.
+
+  volcano    volcano-job.yaml: rank-table ConfigMap + batch.volcano.sh/v1alpha1 Job (Ascend device plugin)
+  ascendjob  ascendjob.yaml:   mindxdl.gitee.com/v1 AscendJob (MindX DL Ascend Operator, MindSpore)
+  slurm      fcn8s.sbatch:     sbatch script, srun one task per device (NPU or CPU)
+
+Paths in CONFIG and the overrides are taken relative to the job's working directory (the
+image's /work, or the Slurm submit dir). Render from the repository root.
+
+examples:
+  python -m fcn8s.cluster render --scheduler volcano --nodes 2 --devices-per-node 8 \\
+      --image registry.example.com/fcn8s:ascend --config configs/voc_fcn8s.yaml \\
+      --volume fcn8s-data:/data --set data.mindrecord_dir=/data/voc_mr --set run.output_dir=/data/runs/voc
+  python -m fcn8s.cluster render --scheduler slurm --nodes 1 --devices-per-node 2 \\
+      --config configs/cpu_smoke.yaml --partition cpu --time 00:30:00 --out jobs/
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one ``error: ...`` line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m fcn8s.cluster", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="render", parser_class=_Parser)
+    render = commands.add_parser("render", help=RENDER_HELP.splitlines()[0], description=RENDER_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    job = render.add_argument_group("job")
+    job.add_argument("--scheduler", required=True, choices=("volcano", "ascendjob", "slurm"))
+    job.add_argument("--nodes", type=int, required=True, metavar="N", help="number of nodes (pods / Slurm nodes)")
+    job.add_argument("--devices-per-node", type=int, required=True, metavar="D",
+                     help="ranks per node: NPUs per pod, or Slurm tasks per node")
+    job.add_argument("--config", required=True, metavar="YAML", help="training config, e.g. configs/voc_fcn8s.yaml")
+    job.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override passed to every rank (repeatable; validated now)")
+    job.add_argument("--image", metavar="IMG", help="container image (required for volcano and ascendjob)")
+    job.add_argument("--job-name", default="fcn8s", metavar="NAME", help="job name (default %(default)s)")
+    job.add_argument("--resume", metavar="auto|PATH", help="pass --resume to fcn8s.train (auto: latest checkpoint "
+                                                            "in run.output_dir; use for requeued/restarted jobs)")
+    job.add_argument("--out", default=".", metavar="DIR", help="directory to write the job file into (default .)")
+    batch = render.add_argument_group("slurm")
+    batch.add_argument("--partition", help="#SBATCH --partition")
+    batch.add_argument("--time", help="#SBATCH --time limit, e.g. 04:00:00")
+    batch.add_argument("--account", help="#SBATCH --account")
+    batch.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="--KEY=VALUE",
+                       help="any other sbatch option, e.g. --sbatch-arg=--gres=npu:8 (repeatable)")
+    batch.add_argument("--log", default=slurm.SlurmOptions.log, metavar="PATTERN",
+                       help="job output file (default %(default)s: job name and id, in the submit dir)")
+    return parser
+
+
+def render(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """Write the job file for ``args`` into ``args.out``; returns its path."""
+    spec = check_spec(JobSpec(nodes=args.nodes, devices_per_node=args.devices_per_node, config=args.config,
+                              overrides=tuple(args.overrides), job_name=args.job_name, image=args.image,
+                              resume=args.resume))
+    command = command_line(argv)
+    options = slurm.SlurmOptions(log=args.log, partition=args.partition, time=args.time, account=args.account,
+                                 extra=tuple(args.sbatch_args))
+    filename, text = slurm.FILENAME, slurm.render(spec, options, command)
+    if not os.path.isdir(args.out):
+        os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, filename)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    path = render(args, argv)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
