@@ -114,20 +114,32 @@ def start_ranks(nproc: int, command: Sequence[str], log_dir: str) -> RankProcess
     """Start all ranks (and the CPU scheduler); returns the supervised process set."""
     os.makedirs(log_dir, exist_ok=True)
     envs = rank_envs(nproc, log_dir)
-    python_path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    base_env = {**os.environ, LAUNCH_DIR_ENV: os.getcwd(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
     procs = RankProcesses()
     if "MS_SCHED_PORT" in envs[0]:
         procs.scheduler = start_scheduler(envs[0]["MS_SCHED_HOST"], int(envs[0]["MS_SCHED_PORT"]), nproc,
-                                          base_env, os.path.join(log_dir, "scheduler.log"))
-    for rank, extra in enumerate(envs):
+                                          rank_base_env(), os.path.join(log_dir, "scheduler.log"))
+    start_workers(procs, dict(enumerate(envs)), command, log_dir)
+    return procs
+
+
+def rank_base_env() -> Dict[str, str]:
+    """Environment every rank inherits: ours, plus the launch dir and the repository on PYTHONPATH."""
+    python_path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, LAUNCH_DIR_ENV: os.getcwd(), "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path}
+
+
+def start_workers(procs: RankProcesses, envs: Dict[int, Dict[str, str]], command: Sequence[str],
+                  log_dir: str) -> None:
+    """Start ``command`` once per rank (rank -> extra env), logging to LOG_DIR/rank_K.log, cwd LOG_DIR/rank_K."""
+    os.makedirs(log_dir, exist_ok=True)
+    base_env = rank_base_env()
+    for rank, extra in envs.items():
         workdir = os.path.join(log_dir, f"rank_{rank}")
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(log_dir, f"rank_{rank}.log"), "wb") as log:
             procs.workers[rank] = subprocess.Popen(list(command), cwd=workdir, env={**base_env, **extra},
                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    LOG.info("started %d rank(s); logs in %s/rank_K.log", nproc, log_dir)
-    return procs
+    LOG.info("started %d rank(s); logs in %s/rank_K.log", len(envs), log_dir)
 
 
 class LogTail:
@@ -221,7 +233,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     log_dir = os.path.abspath(args.log_dir)
     procs = start_ranks(args.nproc, [sys.executable, "-m", args.module, *module_args], log_dir)
-    code = supervise(procs, LogTail(os.path.join(log_dir, "rank_0.log")))
+    return supervise_job(procs, log_dir)
+
+
+def supervise_job(procs: RankProcesses, log_dir: str) -> int:
+    """Supervise started ranks, showing the lowest rank's log; returns the job's exit code."""
+    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")))
     LOG.info("job %s (exit code %d); logs: %s", "finished" if code == 0 else "FAILED", code, log_dir)
     return code
 
