@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 
@@ -6,16 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mindspore as ms
 import mindspore.dataset as ds
 
 from fcn8s.build_dataset import build
 from fcn8s.config import load_config
 from fcn8s.data.mindrecord import MANIFEST, dataset_files
+from fcn8s.data.normalize import TrainInput
 from fcn8s.data.pipeline import create_train_dataset, iterate_eval_samples
-from fcn8s.data.transforms import TrainTransform, prepare_eval_image, restore_prediction
+from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decode_label, prepare_eval_image, \
+    restore_prediction
 from fcn8s.data.voc import read_label_png, voc_palette
 from fcn8s.errors import UserError
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 
 def test_synthetic_tree_has_the_voc_layout(voc_tree):
@@ -65,14 +69,30 @@ def test_train_dataset_batches_and_label_values(mindrecord_dir):
     cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", "data.crop_size=64", "train.batch_size=4"])
     dataset = create_train_dataset(cfg, rank=1, size=2)
     assert dataset.get_dataset_size() == 3  # 12 samples on this rank / batch 4
+    prepare = TrainInput.from_config(cfg)
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        assert images.shape == (4, 3, 64, 64) and images.dtype == np.float32
-        assert labels.shape == (4, 64, 64) and labels.dtype == np.int32
-        assert set(np.unique(labels).tolist()) <= set(range(21)) | {255}
+        assert images.shape == (4, 3, 64, 64) and images.dtype == np.uint8
+        assert labels.shape == (4, 64, 64) and labels.dtype == np.uint8
+        assert set(np.unique(labels).tolist()) <= set(range(21)) | {255, PAD_LABEL}
+        normalised, targets = (t.asnumpy() for t in prepare(ms.Tensor(images), ms.Tensor(labels)))
+        assert normalised.dtype == np.float32 and targets.dtype == np.int32
+        assert set(np.unique(targets).tolist()) <= set(range(21)) | {255}
+
+
+def test_pad_label_value_is_reserved(mindrecord_dir):
+    cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", f"data.ignore_label={PAD_LABEL}"])
+    with pytest.raises(UserError, match=f"label value {PAD_LABEL}"):
+        create_train_dataset(cfg)
 
 
 def _augment(transform, image, label):
     return transform.augment(image.copy(), label.copy())
+
+
+def _prepare(prepare, image, label):
+    """One uint8 sample through the in-graph normalisation -> (float32 CHW, int32 HW)."""
+    images, labels = prepare(ms.Tensor(image[None]), ms.Tensor(label[None]))
+    return images.asnumpy()[0], labels.asnumpy()[0]
 
 
 def test_augmentation_keeps_image_and_label_aligned():
@@ -84,11 +104,13 @@ def test_augmentation_keeps_image_and_label_aligned():
     image = np.zeros((50, 70, 3), np.uint8)
     image[..., 0] = label * 30  # blue channel = 30 x class
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 5.0)
-    transform = TrainTransform(64, 0.5, 2.0, mean, std, seed=int(rng.integers(1000)))
+    transform = TrainTransform(64, 0.5, 2.0, seed=int(rng.integers(1000)))
+    prepare = TrainInput(mean, std)
     flips = set()
     for _ in range(30):
-        out_image, out_label = _augment(transform, image, label)
-        assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
+        raw_image, raw_label = _augment(transform, image, label)
+        assert raw_image.shape == (3, 64, 64) and raw_label.shape == (64, 64) and raw_image.dtype == np.uint8
+        out_image, out_label = _prepare(prepare, raw_image, raw_label)
         assert set(np.unique(out_label).tolist()) <= {0, 3, 7, 255}
         blue = out_image[0] * std[0] + mean[0]
         valid = out_label != 255
@@ -99,18 +121,72 @@ def test_augmentation_keeps_image_and_label_aligned():
         if core.sum() > 20:
             assert np.mean(np.abs(blue[core] - 90.0) < 1) > 0.9
         # padding: label 255 and image equal to the mean (0 after normalisation)
-        assert np.all(out_image[:, ~valid] == 0)
+        padding = raw_label == PAD_LABEL
+        assert np.all(out_image[:, padding] == 0) and np.all(out_label[padding] == 255)
         flips.add(bool(out_label[:, 0].max() == 7 or out_label[:, 0].min() == 7))
     assert flips == {True, False}  # both orientations occur
 
 
+class _SeedDraws:
+    """The seed's global ``np.random`` draws, served through the Generator methods TrainTransform calls."""
+
+    def __init__(self, state: np.random.RandomState) -> None:
+        self.state = state
+
+    def uniform(self, low=0.0, high=1.0):
+        return self.state.uniform(low, high)
+
+    def integers(self, low, high):
+        return self.state.randint(low, high)
+
+
+def test_augmentation_equals_the_seed_pipeline_given_the_same_draws(voc_tree, monkeypatch):
+    """Ours (uint8 crop + in-graph normalisation) == the tutorial's preprocess (benchmarks/data.py)."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    seed = importlib.import_module("data")
+    prepare = TrainInput(seed.MEAN, seed.STD)
+    transform = TrainTransform(64, 0.5, 2.0)
+    ids = open(os.path.join(voc_tree, "ImageSets", "Segmentation", "train.txt")).read().split()
+    padded = flipped = 0
+    for k, sid in enumerate(ids[:12]):
+        jpeg = open(os.path.join(voc_tree, "JPEGImages", f"{sid}.jpg"), "rb").read()
+        _, png = cv2.imencode(".png", read_label_png(os.path.join(voc_tree, "SegmentationClass", f"{sid}.png")))
+        np.random.seed(k)
+        seed_image, seed_label = seed.seed_preprocess(jpeg, png.tobytes(), crop=64)
+        raw_image, raw_label = transform.augment(decode_image(jpeg), decode_label(png.tobytes()),
+                                                 _SeedDraws(np.random.RandomState(k)))
+        image, label = _prepare(prepare, raw_image, raw_label)
+        np.testing.assert_allclose(image, seed_image, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(label, seed_label)
+        padded += bool((raw_label == PAD_LABEL).any())
+        flipped += bool((raw_label[:, 0] == PAD_LABEL).any())
+    assert padded >= 3 and flipped >= 1  # the padding and flip paths were both compared
+
+
+def test_train_input_runs_in_graph_mode():
+    prepare = TrainInput((1.0, 2.0, 3.0), (2.0, 4.0, 8.0), ignore_label=250)
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    labels = np.random.default_rng(1).choice(np.array([0, 5, 250, PAD_LABEL], np.uint8), (2, 8, 8))
+
+    @ms.jit
+    def step(x, y):
+        return prepare(x, y)
+
+    out_images, out_labels = (t.asnumpy() for t in step(ms.Tensor(images), ms.Tensor(labels)))
+    expected = (images.astype(np.float32) - np.float32([1, 2, 3]).reshape(1, 3, 1, 1)) / \
+        np.float32([2, 4, 8]).reshape(1, 3, 1, 1)
+    expected[np.broadcast_to((labels == PAD_LABEL)[:, None], expected.shape)] = 0
+    np.testing.assert_allclose(out_images, expected, rtol=1e-6)
+    np.testing.assert_array_equal(out_labels, np.where(labels == PAD_LABEL, 250, labels).astype(np.int32))
+
+
 def test_invalid_augmentation_settings():
     with pytest.raises(ValueError, match="min_scale"):
-        TrainTransform(64, 2.0, 0.5, (0, 0, 0), (1, 1, 1))
+        TrainTransform(64, 2.0, 0.5)
     with pytest.raises(ValueError, match="crop_size"):
-        TrainTransform(0, 0.5, 2.0, (0, 0, 0), (1, 1, 1))
+        TrainTransform(0, 0.5, 2.0)
     with pytest.raises(ValueError, match="3 values"):
-        TrainTransform(64, 0.5, 2.0, (0, 0), (1, 1, 1))
+        TrainInput((0, 0), (1, 1, 1))
 
 
 def test_eval_preparation_pads_then_crops_back():

@@ -11,7 +11,7 @@ import mindspore.dataset as ds
 from fcn8s.config import Config
 from fcn8s.data.mindrecord import dataset_files
 from fcn8s.data.sampling import rank_indices, steps_in_epoch
-from fcn8s.data.transforms import TrainTransform, decode_image, decode_label
+from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decode_label
 from fcn8s.errors import UserError
 
 
@@ -28,10 +28,14 @@ def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int =
     The order and each sample's augmentation depend only on (seed, epoch, sample), see
     fcn8s/data/sampling.py: every sample is read by exactly one rank per epoch, and skipping the
     ``consumed`` samples of the epoch resumes a run exactly. Batches are per device
-    (global batch = batch x size).
+    (global batch = batch x size). Samples are uint8 crops (images (3, crop, crop), labels with
+    ``PAD_LABEL`` on padding); the train step normalises them with ``fcn8s.data.normalize.TrainInput``.
     """
     cv2.setNumThreads(1)
     data, batch_size = cfg.data, cfg.train.batch_size
+    if data.ignore_label == PAD_LABEL or cfg.model.num_classes > PAD_LABEL:
+        raise UserError(f"data.ignore_label and the classes must not use label value {PAD_LABEL}: "
+                        "the train pipeline marks padding with it")
     files = dataset_files(data.mindrecord_dir, "train")
     num_samples = count_samples(data.mindrecord_dir)
     if steps_in_epoch(num_samples, 0, batch_size, size) == 0:
@@ -40,8 +44,7 @@ def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int =
     indices = rank_indices(num_samples, cfg.train.seed, epoch, consumed, batch_size, rank, size)
     dataset = ds.MindDataset(files, columns_list=["file_name", "data", "label"],
                              sampler=ds.SubsetSampler(indices.tolist()))
-    transform = TrainTransform(data.crop_size, data.min_scale, data.max_scale, data.image_mean, data.image_std,
-                               data.ignore_label, seed=cfg.train.seed, epoch=epoch)
+    transform = TrainTransform(data.crop_size, data.min_scale, data.max_scale, seed=cfg.train.seed, epoch=epoch)
     dataset = dataset.map(operations=transform, input_columns=["data", "label", "file_name"],
                           output_columns=["data", "label"], num_parallel_workers=data.num_workers)
     return dataset.batch(batch_size, drop_remainder=True)

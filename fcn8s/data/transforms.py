@@ -1,9 +1,10 @@
 """Per-sample transforms: decode, the seed's training augmentation, and eval preparation.
 
 Training (the tutorial's semantics): random scale in [min, max] (cubic for the image, nearest for
-the label), pad bottom/right to the crop size (image with the mean, label with 255), random crop,
-random horizontal flip, normalise ``(x - mean) / std`` in BGR order, HWC -> CHW. Implemented with
-cv2 and plane-wise numpy so a worker spends its time in C, not Python.
+the label), pad bottom/right to the crop size (image with the mean, label with the ignore
+label), random crop, random horizontal flip, HWC -> CHW; the normalisation ``(x - mean) / std``
+in BGR order runs in the train step (``fcn8s.data.normalize``). Implemented with cv2 so a worker
+spends its time in C, not Python.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import cv2
 import numpy as np
 
 from fcn8s.data.sampling import sample_rng
+
+PAD_LABEL = 254  # label of padded pixels in a train crop: neither a class nor the ignore label
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -40,26 +43,24 @@ def normalize_into(dst: np.ndarray, image: np.ndarray, mean: np.ndarray, std: np
 
 
 class TrainTransform:
-    """Random scale, pad, crop, flip, normalise, HWC->CHW; returns (image CHW float32, label int32).
+    """Random scale, pad, crop, flip, HWC->CHW; returns (image CHW uint8, label uint8).
 
-    Called on a dataset row, the random draws come from ``sample_rng(seed, epoch, file_name)``, so a
-    sample is augmented the same way whichever rank or worker thread reads it (exact resume).
+    Normalisation is left to the train step (``fcn8s.data.normalize.TrainInput``): uint8 crops are
+    4x fewer bytes through the data engine. Padding is marked in the label with ``PAD_LABEL``; the
+    step gives it the mean colour (0 after normalisation) and the ignore label, exactly the seed's
+    padding. Called on a dataset row, the random draws come from ``sample_rng(seed, epoch,
+    file_name)``, so a sample is augmented the same way whichever rank or worker thread reads it
+    (exact resume).
     """
 
-    def __init__(self, crop_size: int, min_scale: float, max_scale: float, mean: Sequence[float],
-                 std: Sequence[float], ignore_label: int = 255, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(self, crop_size: int, min_scale: float, max_scale: float, seed: int = 0, epoch: int = 0) -> None:
         if crop_size <= 0:
             raise ValueError(f"crop_size must be > 0, got {crop_size}")
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError("mean and std need 3 values (B, G, R)")
         self.crop_size = crop_size
         self.min_scale = min_scale
         self.max_scale = max_scale
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-        self.ignore_label = ignore_label
         self.seed = seed
         self.epoch = epoch
         self.rng = np.random.default_rng([seed, epoch])
@@ -81,14 +82,17 @@ class TrainTransform:
         top = int(rng.integers(0, max(new_h, crop) - crop + 1))
         left = int(rng.integers(0, max(new_w, crop) - crop + 1))
         rows, cols = min(crop, new_h - top), min(crop, new_w - left)
-        image_out = np.zeros((3, crop, crop), np.float32)  # 0 after normalisation == the mean colour
-        label_out = np.full((crop, crop), self.ignore_label, np.int32)
-        normalize_into(image_out[:, :rows, :cols], image[top:top + rows, left:left + cols], self.mean, self.std)
-        label_out[:rows, :cols] = label[top:top + rows, left:left + cols]
-        if rng.uniform() > 0.5:
-            image_out = image_out[:, :, ::-1]
-            label_out = label_out[:, ::-1]
-        return np.ascontiguousarray(image_out), np.ascontiguousarray(label_out)
+        image = image[top:top + rows, left:left + cols]
+        label = label[top:top + rows, left:left + cols]
+        start = 0
+        if rng.uniform() > 0.5:  # flipping the padded crop puts the padding on the left
+            image, label, start = cv2.flip(image, 1), cv2.flip(label, 1), crop - cols
+        image_out = np.zeros((3, crop, crop), np.uint8)
+        label_out = np.full((crop, crop), PAD_LABEL, np.uint8)
+        for channel, plane in enumerate(cv2.split(image)):
+            image_out[channel, :rows, start:start + cols] = plane
+        label_out[:rows, start:start + cols] = label
+        return image_out, label_out
 
 
 def prepare_eval_image(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]
