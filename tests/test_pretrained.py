@@ -142,8 +142,14 @@ def backbone_arrays(prefix="features", skip=(), override=None):
     return arrays
 
 
-def test_features_only_checkpoint_leaves_conv6_conv7(tmp_path):
-    net = build_model(21, "matmul")
+@pytest.fixture(scope="module")
+def fcn():
+    """One FCN-8s for the tests below (a refused file changes nothing, as expect_error checks)."""
+    return build_model(21, "matmul")
+
+
+def test_features_only_checkpoint_leaves_conv6_conv7(fcn, tmp_path):
+    net = fcn
     conv6_before = net.conv6[0].weight.asnumpy().copy()
     arrays = backbone_arrays()
     report = load_pretrained_backbone(net, save(tmp_path / "f.ckpt", arrays))
@@ -153,8 +159,7 @@ def test_features_only_checkpoint_leaves_conv6_conv7(tmp_path):
     np.testing.assert_array_equal(net.conv6[0].weight.asnumpy(), conv6_before)
 
 
-def expect_error(path, *fragments):
-    net = build_model(21, "matmul")
+def expect_error(net, path, *fragments):
     before = net.conv1[0].weight.asnumpy().copy()
     with pytest.raises(UserError) as err:
         load_pretrained_backbone(net, str(path))
@@ -163,34 +168,34 @@ def expect_error(path, *fragments):
     np.testing.assert_array_equal(net.conv1[0].weight.asnumpy(), before)  # nothing half-loaded
 
 
-def test_shape_mismatch_names_parameter_and_file(tmp_path):
+def test_shape_mismatch_names_parameter_and_file(fcn, tmp_path):
     bad = backbone_arrays(override={"features.7.weight": np.zeros((128, 64, 5, 5), np.float32)})
     path = save(tmp_path / "bad.ckpt", bad)
-    expect_error(path, path, "features.7.weight has shape (128, 64, 5, 5)", "conv2.0.weight needs (128, 64, 3, 3)")
+    expect_error(fcn, path, path, "features.7.weight has shape (128, 64, 5, 5)", "conv2.0.weight needs (128, 64, 3, 3)")
 
 
-def test_cifar_classifier_is_refused(tmp_path):
+def test_cifar_classifier_is_refused(fcn, tmp_path):
     arrays = backbone_arrays("layers", override={"classifier.0.weight": np.zeros((4096, 512), np.float32)})
     path = save(tmp_path / "cifar.ckpt", arrays)
-    expect_error(path, "classifier.0.weight has shape (4096, 512)", "ImageNet 224x224")
+    expect_error(fcn, path, "classifier.0.weight has shape (4096, 512)", "ImageNet 224x224")
 
 
-def test_vgg_without_batchnorm_is_refused(tmp_path):
+def test_vgg_without_batchnorm_is_refused(fcn, tmp_path):
     arrays = backbone_arrays(skip=("features.1.gamma",))
-    expect_error(save(tmp_path / "nobn.ckpt", arrays), "missing features.1.gamma", "VGG16-BN")
+    expect_error(fcn, save(tmp_path / "nobn.ckpt", arrays), "missing features.1.gamma", "VGG16-BN")
 
 
-def test_unknown_naming_and_unreadable_files(tmp_path):
+def test_unknown_naming_and_unreadable_files(fcn, tmp_path):
     resnet = save(tmp_path / "resnet.ckpt", {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
-    expect_error(resnet, resnet, "'layers.0.weight' (model zoo)", "'features.0.weight' (mindcv)")
+    expect_error(fcn, resnet, resnet, "'layers.0.weight' (model zoo)", "'features.0.weight' (mindcv)")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
-    expect_error(garbage, str(garbage), "not a readable MindSpore checkpoint")
+    expect_error(fcn, garbage, str(garbage), "not a readable MindSpore checkpoint")
     full = backbone_arrays()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(open(save(tmp_path / "whole.ckpt", full), "rb").read()[:100000])
-    expect_error(truncated, "not a readable MindSpore checkpoint")
-    expect_error(tmp_path / "absent.ckpt", "pretrained checkpoint not found")
+    expect_error(fcn, truncated, "not a readable MindSpore checkpoint")
+    expect_error(fcn, tmp_path / "absent.ckpt", "pretrained checkpoint not found")
 
 
 def test_cli_checks_a_file_and_prints_the_table(tmp_path):
