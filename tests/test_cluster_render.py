@@ -1,16 +1,24 @@
 """python -m fcn8s.cluster render: Slurm script, Volcano Job, AscendJob; checked-in examples in sync."""
+import copy
 import glob
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 
+import jsonschema
+import kubernetes_validate
 import pytest
+import yaml
 
 from tests.conftest import REPO, run_module
 
 SHELLCHECK = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+SCHEMAS = os.path.join(REPO, "fcn8s", "cluster", "schemas")
+K8S_VERSION = kubernetes_validate.latest_version()
+IMAGE = "registry.example.com/fcn8s:ascend"
 EXAMPLES = sorted(glob.glob(os.path.join(REPO, "docker", "k8s", "*.yaml"))
                   + glob.glob(os.path.join(REPO, "docker", "slurm", "*.sbatch")))
 
@@ -80,6 +88,119 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def validate_core(doc):
+    """Strict validation of a core Kubernetes object (unknown fields are errors)."""
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def validate_pod_template(template, name):
+    validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template})
+
+
+def validate_custom(doc, schema_file):
+    with open(os.path.join(SCHEMAS, schema_file)) as handle:
+        jsonschema.validate(doc, json.load(handle), cls=jsonschema.Draft202012Validator)
+
+
+def container_of(template):
+    (container,) = template["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("nodes, devices", [(1, 1), (2, 8), (4, 4)])
+def test_volcano_job_is_valid_and_sized_as_requested(tmp_path, nodes, devices):
+    result, text = render(tmp_path, "volcano", "--image", IMAGE, "--job-name", "seg", "--volume", "data:/data",
+                          "--set", "run.output_dir=/data/runs/seg", nodes=nodes, devices=devices)
+    assert result.returncode == 0, result.stderr
+    config_map, job = yaml.safe_load_all(text)
+    validate_core(config_map)
+    assert config_map["metadata"]["name"] == "rings-config-seg"
+    assert config_map["metadata"]["labels"] == {"ring-controller.atlas": "ascend-910"}
+    assert json.loads(config_map["data"]["hccl.json"]) == {"status": "initializing"}
+    validate_custom(job, "volcano-job.schema.json")
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        validate_core(job)  # a custom resource: kubernetes-validate has no schema for it
+    assert job["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910"
+    assert job["spec"]["minAvailable"] == nodes
+    (task,) = job["spec"]["tasks"]
+    assert task["replicas"] == nodes
+    validate_pod_template(task["template"], "worker")
+    assert task["template"]["metadata"]["labels"]["ring-controller.atlas"] == "ascend-910"
+    container = container_of(task["template"])
+    assert container["resources"] == {"requests": {"huawei.com/Ascend910": devices},
+                                      "limits": {"huawei.com/Ascend910": devices}}
+    assert container["image"] == IMAGE
+    assert container["command"] == ["bash", "/work/launch/pod_entrypoint.sh"]
+    assert container["args"] == ["--", "--config", "configs/cpu_smoke.yaml", "--set", "run.output_dir=/data/runs/seg"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["XDL_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["RANK_TABLE_FILE"]["value"] == "/user/serverid/devindex/config/hccl.json"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in task["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/user/serverid/devindex/config"]]["configMap"]["name"] == "rings-config-seg"
+    assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == "data"
+
+
+@pytest.mark.parametrize("nodes, devices", [(1, 8), (3, 2)])
+def test_ascendjob_is_valid_and_sized_as_requested(tmp_path, nodes, devices):
+    result, text = render(tmp_path, "ascendjob", "--image", IMAGE, "--node-selector", "accelerator-type=module",
+                          nodes=nodes, devices=devices)
+    assert result.returncode == 0, result.stderr
+    (job,) = yaml.safe_load_all(text)
+    validate_custom(job, "ascendjob.schema.json")
+    assert job["metadata"]["labels"] == {"framework": "mindspore", "ring-controller.atlas": "ascend-910"}
+    assert job["spec"]["runPolicy"]["schedulingPolicy"]["minAvailable"] == nodes + 1
+    specs = job["spec"]["replicaSpecs"]
+    assert (specs["Scheduler"]["replicas"], specs["Worker"]["replicas"]) == (1, nodes)
+    for role, replica in specs.items():
+        validate_pod_template(replica["template"], role.lower())
+        container = container_of(replica["template"])
+        assert container["name"] == "ascend"  # where the Ascend Operator injects MS_* variables
+        assert container["ports"] == [{"containerPort": 2222, "name": "ascendjob-port"}]
+        assert replica["template"]["spec"]["nodeSelector"] == {"accelerator-type": "module"}
+    assert container_of(specs["Worker"]["template"])["resources"]["limits"] == {"huawei.com/Ascend910": devices}
+    assert "resources" not in container_of(specs["Scheduler"]["template"])  # the scheduler needs no NPU
+
+
+@pytest.mark.parametrize("schema_file, path, bad_value", [
+    ("volcano-job.schema.json", ["spec", "minAvailble"], 2),  # typo: the API server would drop it silently
+    ("volcano-job.schema.json", ["spec", "policies", 0, "event"], "PodCrashed"),
+    ("volcano-job.schema.json", ["spec", "tasks", 0, "replicas"], -1),
+    ("ascendjob.schema.json", ["spec", "replicaSpecs", "Scheduler", "replicas"], 2),
+    ("ascendjob.schema.json", ["spec", "replicaSpecs", "Launcher"], {"template": {"spec": {"containers": [{}]}}}),
+    ("ascendjob.schema.json", ["metadata", "labels", "framework"], "mxnet"),
+])
+def test_schemas_reject_broken_jobs(tmp_path, schema_file, path, bad_value):
+    scheduler = "volcano" if schema_file.startswith("volcano") else "ascendjob"
+    result, text = render(tmp_path, scheduler, "--image", IMAGE)
+    assert result.returncode == 0, result.stderr
+    job = list(yaml.safe_load_all(text))[-1]
+    validate_custom(job, schema_file)
+    broken = copy.deepcopy(job)
+    node = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = bad_value
+    with pytest.raises(jsonschema.ValidationError):
+        validate_custom(broken, schema_file)
+
+
+@pytest.mark.parametrize("scheduler, args, message", [
+    ("volcano", [], "error: --image is required for --scheduler volcano"),
+    ("ascendjob", ["--image", IMAGE, "--volume", "data"], "error: --volume 'data': expected CLAIM:/mount/path"),
+    ("volcano", ["--image", IMAGE, "--volume", "Data:/x"], "error: --volume 'Data:/x': expected CLAIM:/mount/path"),
+    ("volcano", ["--image", IMAGE, "--node-selector", "gpu"], "error: --node-selector 'gpu': expected KEY=VALUE"),
+    ("ascendjob", ["--image", IMAGE, "--max-retry", "-1"], "error: --max-retry must be >= 0, got -1"),
+])
+def test_bad_kubernetes_options(tmp_path, scheduler, args, message):
+    result = run_module("fcn8s.cluster", "render", "--scheduler", scheduler, "--nodes", "1", "--devices-per-node", "1",
+                        "--config", "configs/cpu_smoke.yaml", *args, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_lists_the_schedulers():
     result = run_module("fcn8s.cluster", "render", "--help")
     assert result.returncode == 0
@@ -89,7 +210,7 @@ def test_help_lists_the_schedulers():
 
 def test_there_are_checked_in_examples():
     names = {os.path.relpath(path, REPO) for path in EXAMPLES}
-    assert "docker/slurm/fcn8s.sbatch" in names
+    assert {"docker/slurm/fcn8s.sbatch", "docker/k8s/volcano-job.yaml", "docker/k8s/ascendjob.yaml"} <= names
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: os.path.relpath(p, REPO))

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from fcn8s.cluster import slurm
+from fcn8s.cluster import kube, slurm
 from fcn8s.cluster.spec import JobSpec, check_spec, command_line
 from fcn8s.errors import EXIT_USER_ERROR, UserError, run_cli
 
@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--resume", metavar="auto|PATH", help="pass --resume to fcn8s.train (auto: latest checkpoint "
                                                             "in run.output_dir; use for requeued/restarted jobs)")
     job.add_argument("--out", default=".", metavar="DIR", help="directory to write the job file into (default .)")
+    pods = render.add_argument_group("volcano and ascendjob")
+    pods.add_argument("--namespace", default="default", help="Kubernetes namespace (default %(default)s)")
+    pods.add_argument("--queue", default="default", help="Volcano queue (default %(default)s)")
+    pods.add_argument("--volume", dest="volumes", action="append", default=[], metavar="CLAIM:/PATH",
+                      help="mount a PersistentVolumeClaim in every pod, e.g. fcn8s-data:/data (repeatable); "
+                           "keep data.mindrecord_dir and run.output_dir on one")
+    pods.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+                      help="pod nodeSelector entry, e.g. accelerator-type=module (repeatable)")
+    pods.add_argument("--workdir", default="/work", metavar="DIR",
+                      help="repository inside the image (default %(default)s, as docker/Dockerfile.ascend)")
+    pods.add_argument("--max-retry", type=int, default=3, metavar="N",
+                      help="job restarts after eviction/preemption (default %(default)s)")
     batch = render.add_argument_group("slurm")
     batch.add_argument("--partition", help="#SBATCH --partition")
     batch.add_argument("--time", help="#SBATCH --time limit, e.g. 04:00:00")
@@ -71,9 +83,25 @@ def render(args: argparse.Namespace, argv: Sequence[str]) -> str:
                               overrides=tuple(args.overrides), job_name=args.job_name, image=args.image,
                               resume=args.resume))
     command = command_line(argv)
-    options = slurm.SlurmOptions(log=args.log, partition=args.partition, time=args.time, account=args.account,
-                                 extra=tuple(args.sbatch_args))
-    filename, text = slurm.FILENAME, slurm.render(spec, options, command)
+    if args.scheduler == "slurm":
+        options = slurm.SlurmOptions(log=args.log, partition=args.partition, time=args.time, account=args.account,
+                                     extra=tuple(args.sbatch_args))
+        filename, text = slurm.FILENAME, slurm.render(spec, options, command)
+    else:
+        if not args.image:
+            raise UserError(f"--image is required for --scheduler {args.scheduler} (the image built from "
+                            "docker/Dockerfile.ascend, pushed to your registry)")
+        if args.max_retry < 0:
+            raise UserError(f"--max-retry must be >= 0, got {args.max_retry}")
+        pod_options = kube.KubeOptions(namespace=args.namespace, queue=args.queue, workdir=args.workdir,
+                                       volumes=tuple(args.volumes), node_selector=tuple(args.node_selector),
+                                       max_retry=args.max_retry)
+        if args.scheduler == "volcano":
+            filename = kube.VOLCANO_FILENAME
+            text = kube.render(kube.volcano_documents(spec, pod_options), spec, command, "Volcano Job")
+        else:
+            filename = kube.ASCENDJOB_FILENAME
+            text = kube.render(kube.ascendjob_documents(spec, pod_options), spec, command, "MindX DL AscendJob")
     if not os.path.isdir(args.out):
         os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, filename)
