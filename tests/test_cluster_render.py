@@ -192,6 +192,7 @@ def test_schemas_reject_broken_jobs(tmp_path, schema_file, path, bad_value):
     ("volcano", ["--image", IMAGE, "--volume", "Data:/x"], "error: --volume 'Data:/x': expected CLAIM:/mount/path"),
     ("volcano", ["--image", IMAGE, "--node-selector", "gpu"], "error: --node-selector 'gpu': expected KEY=VALUE"),
     ("ascendjob", ["--image", IMAGE, "--max-retry", "-1"], "error: --max-retry must be >= 0, got -1"),
+    ("volcano", ["--image", IMAGE, "--namespace", "Team A"], "error: --namespace 'Team A': use lowercase"),
 ])
 def test_bad_kubernetes_options(tmp_path, scheduler, args, message):
     result = run_module("fcn8s.cluster", "render", "--scheduler", scheduler, "--nodes", "1", "--devices-per-node", "1",

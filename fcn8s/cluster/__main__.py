@@ -18,7 +18,7 @@ Render a cluster job that trains with CONFIG (plus --set overrides) on NODES x D
   slurm      fcn8s.sbatch:     sbatch script, srun one task per device (NPU or CPU)
 
 Paths in CONFIG and the overrides are taken relative to the job's working directory (the
-image's /work, or the Slurm submit dir). Render from the repository root.
+image's /work, or the Slurm submit dir). Render from the repository root. Guide: docs/cluster.md.
 
 examples:
   python -m fcn8s.cluster render --scheduler volcano --nodes 2 --devices-per-node 8 \\
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--time", help="#SBATCH --time limit, e.g. 04:00:00")
     batch.add_argument("--account", help="#SBATCH --account")
     batch.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="--KEY=VALUE",
-                       help="any other sbatch option, e.g. --sbatch-arg=--gres=npu:8 (repeatable)")
+                       help="any other sbatch option, written with '=': --sbatch-arg=--gres=npu:8 (repeatable)")
     batch.add_argument("--log", default=slurm.SlurmOptions.log, metavar="PATTERN",
                        help="job output file (default %(default)s: job name and id, in the submit dir)")
     return parser
@@ -102,8 +102,7 @@ def render(args: argparse.Namespace, argv: Sequence[str]) -> str:
         else:
             filename = kube.ASCENDJOB_FILENAME
             text = kube.render(kube.ascendjob_documents(spec, pod_options), spec, command, "MindX DL AscendJob")
-    if not os.path.isdir(args.out):
-        os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, filename)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)

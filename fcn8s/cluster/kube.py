@@ -91,6 +91,9 @@ def _pod_template(spec: JobSpec, options: KubeOptions, npus: int, extra_env: Lis
 
 
 def _metadata(name: str, options: KubeOptions, **labels: str) -> Dict[str, Any]:
+    for option, value in (("--namespace", options.namespace), ("--queue", options.queue)):
+        if not _NAME.fullmatch(value):
+            raise UserError(f"{option} {value!r}: use lowercase letters, digits and '-'")
     return {"name": name, "namespace": options.namespace, "labels": {**labels, RING_LABEL: RING_VALUE}}
 
 
