@@ -3,7 +3,16 @@
     python -m fcn8s.train --config configs/cpu_smoke.yaml train.max_steps=100
     python -m fcn8s.train --config configs/voc_fcn8s.yaml --set data.mindrecord_dir=/data/voc_mr
 
-Exit codes: 0 done, 2 bad input (config, data), 3 training diverged.
+Resume: ``--resume auto`` continues from the newest complete checkpoint in
+``<run.output_dir>/checkpoints`` (or starts from scratch if there is none); ``--resume PATH``
+from that checkpoint. Weights, momentum, loss scaler, step, epoch and the position in the epoch's
+data are restored, so the resumed steps are the ones an uninterrupted run would have taken.
+
+Preemption: on SIGTERM/SIGINT the ranks finish the current step, rank 0 writes a resumable
+checkpoint, and every rank exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT).
+
+Exit codes: 0 done, 2 bad input (config, data, checkpoint), 3 training diverged,
+130/143 stopped by SIGINT/SIGTERM after saving (rerun with --resume auto).
 """
 from __future__ import annotations
 
@@ -12,10 +21,11 @@ import logging
 import os
 from typing import Optional, Sequence
 
-from fcn8s.config import add_config_arguments, config_from_args, save_config
-from fcn8s.data.pipeline import create_train_dataset
+from fcn8s.config import add_config_arguments, config_from_args, resolve_path, save_config
+from fcn8s.data.pipeline import count_samples
 from fcn8s.errors import run_cli
 from fcn8s.model import build_model, resolve_conv_impl
+from fcn8s.preemption import TrainingInterrupted
 from fcn8s.runtime import resolve_device_target, start
 from fcn8s.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
 
@@ -25,23 +35,43 @@ LOG = logging.getLogger("fcn8s.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue training: 'auto' = newest complete checkpoint in the output dir "
+                             "(start fresh if none), or a checkpoint path")
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
     return parser
 
 
+def resume_path(resume: Optional[str], trainer: Trainer) -> Optional[str]:
+    """The checkpoint to resume from for ``--resume`` (None: start from scratch)."""
+    if resume != "auto":
+        return resolve_path(resume) if resume else None
+    path = trainer.checkpoints.latest()
+    if path is None:
+        LOG.info("--resume auto: no complete checkpoint in %s, starting from scratch", trainer.checkpoints.directory)
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    cfg = config_from_args(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
     ctx = start(cfg)
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.run.output_dir, "config.yaml"))
-    dataset = create_train_dataset(cfg, ctx.rank, ctx.size)
     conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
     net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level)
+    trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir))
+    checkpoint = resume_path(args.resume, trainer)
+    if checkpoint:
+        trainer.resume(checkpoint)
     try:
-        summary = Trainer(cfg, ctx, net, dataset).fit()
+        summary = trainer.fit()
     except TrainingDiverged as err:
         LOG.error("%s", err)
         return EXIT_DIVERGED
+    except TrainingInterrupted as err:
+        LOG.warning("%s", err)
+        return err.exit_code
     LOG.info("done: %d steps, last loss %.4f, checkpoint %s", summary["steps"], summary["loss"],
              summary["checkpoint"] or "(written by rank 0)")
     return 0

@@ -24,10 +24,15 @@ import mindspore as ms
 import mindspore.nn as nn
 from mindspore import amp
 
-from fcn8s.checkpoint import CheckpointManager, training_state
+from fcn8s.checkpoint import CheckpointManager, restore_training_state, training_state
 from fcn8s.config import Config
-from fcn8s.distributed import DistContext
+from fcn8s.data.normalize import TrainInput
+from fcn8s.data.pipeline import create_train_dataset
+from fcn8s.data.sampling import steps_in_epoch
+from fcn8s.distributed import DistContext, sum_across_ranks
+from fcn8s.errors import UserError
 from fcn8s.losses import SegmentationCrossEntropy
+from fcn8s.preemption import StopRequest, TrainingInterrupted
 
 LOG = logging.getLogger(__name__)
 EXIT_DIVERGED = 3
@@ -49,9 +54,18 @@ def _no_reduction(grads: Tuple[ms.Tensor, ...]) -> Tuple[ms.Tensor, ...]:
     return grads
 
 
+def _as_is(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor]:
+    """Input preparation for batches that are already network input and targets."""
+    return images, labels
+
+
 def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler,
-                    grad_reducer: Callable, jit: bool = True) -> Callable:
-    """Build ``step(images, labels) -> (loss, finite, loss_scale)``; skips the update on overflow."""
+                    grad_reducer: Callable, prepare: Callable = _as_is, jit: bool = True) -> Callable:
+    """Build ``step(images, labels) -> (loss, finite, loss_scale)``; skips the update on overflow.
+
+    ``prepare`` turns the pipeline's batch into network input and loss targets inside the graph
+    (the trainer passes :class:`TrainInput`, which normalises the pipeline's uint8 crops).
+    """
 
     def forward(images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
         return scaler.scale(loss_fn(net(images), labels))
@@ -59,6 +73,7 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
     grad_fn = ms.value_and_grad(forward, None, optimizer.parameters)
 
     def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+        images, labels = prepare(images, labels)
         scaled_loss, grads = grad_fn(images, labels)
         grads = grad_reducer(grads)
         loss = scaler.unscale(scaled_loss)
@@ -104,15 +119,21 @@ class DivergenceGuard:
 
 
 class Trainer:
-    """Runs the training loop for one rank; rank 0 logs metrics and writes checkpoints."""
+    """Runs the training loop for one rank; rank 0 logs metrics and writes checkpoints.
 
-    def __init__(self, cfg: Config, ctx: DistContext, net: nn.Cell, dataset: ms.dataset.Dataset) -> None:
+    Training position = (global step, epoch, samples of the epoch consumed); it is saved with each
+    checkpoint and :meth:`resume` restores it with the weights, momentum and loss scaler, so a
+    resumed run computes the same steps as an uninterrupted one.
+    """
+
+    def __init__(self, cfg: Config, ctx: DistContext, net: nn.Cell, num_samples: int) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.net = net
-        self.dataset = dataset
-        self.steps_per_epoch = dataset.get_dataset_size()
+        self.num_samples = num_samples
         tcfg = cfg.train
+        self.global_batch = tcfg.batch_size * ctx.size
+        self.steps_per_epoch = steps_in_epoch(num_samples, 0, tcfg.batch_size, ctx.size)
         self.total_steps = tcfg.max_steps or tcfg.epochs * self.steps_per_epoch
         self.lr = cosine_lr(tcfg.lr, tcfg.min_lr, self.total_steps)
         self.optimizer = nn.Momentum(net.trainable_params(), learning_rate=ms.Tensor(self.lr),
@@ -123,56 +144,108 @@ class Trainer:
         reducer = (nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=ctx.size)
                    if ctx.distributed else _no_reduction)
         loss_fn = SegmentationCrossEntropy(cfg.model.num_classes, cfg.data.ignore_label)
-        self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, reducer,
+        self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, reducer, TrainInput.from_config(cfg),
                                        jit=cfg.run.mode == "graph")
         self.checkpoints = CheckpointManager(os.path.join(cfg.run.output_dir, "checkpoints"),
                                              tcfg.keep_checkpoints, cfg.digest())
         self.guard = DivergenceGuard(tcfg.max_bad_steps)
+        self.step, self.epoch, self.consumed = 0, 0, 0
+        self.saved_step: Optional[int] = None
+        self.metrics_path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
+
+    def resume(self, path: str) -> None:
+        """Continue from a checkpoint written by training (weights, momentum, loss scaler, position)."""
+        meta = restore_training_state(path, self.net, self.optimizer, self.scaler)
+        self.step, self.epoch, self.consumed = int(meta["step"]), int(meta["epoch"]), int(meta["consumed"])
+        if steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size) == 0:
+            self.epoch, self.consumed = self.epoch + 1, 0
+        self.saved_step = self.step
+        if meta.get("config_digest") != self.cfg.digest():
+            LOG.warning("resuming with a configuration that differs from the checkpoint's (%s)", path)
+        if meta.get("global_batch") != self.global_batch:
+            LOG.warning("global batch changed from %s to %d: continuing at sample %d of epoch %d",
+                        meta.get("global_batch"), self.global_batch, self.consumed, self.epoch)
+        if sum_across_ranks(np.array([self.step]), self.ctx)[0] != self.step * self.ctx.size:
+            raise UserError(f"ranks resumed from different steps ({path} here): --resume needs run.output_dir on "
+                            "storage shared by all nodes, or the same checkpoint path on every node")
+        if self.ctx.is_main:
+            self._truncate_metrics(self.step)
+        LOG.info("resumed from %s at step %d (epoch %d, %d samples of it done), loss scale %g", path, self.step,
+                 self.epoch, self.consumed, float(self.scaler.scale_value.asnumpy()))
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records of steps after ``step`` (logged by the interrupted run after its checkpoint)."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path, encoding="utf-8") as handle:
+            kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.metrics_path, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
 
     def _log_metrics(self, record: Dict[str, object]) -> None:
-        with open(os.path.join(self.cfg.run.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as handle:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _save(self, step: int, epoch: int, final: bool = False) -> Optional[str]:
-        if not self.ctx.is_main:
+    def _save(self, final: bool = False) -> Optional[str]:
+        """Rank 0 writes the current state (no-op elsewhere, and if this step is already saved)."""
+        if not self.ctx.is_main or (self.saved_step == self.step and not final):
             return None
-        return self.checkpoints.save(training_state(self.net, self.optimizer, float(self.scaler.scale_value.asnumpy())),
-                                     step, epoch, final=final)
+        self.saved_step = self.step
+        position = {"epoch": self.epoch, "consumed": self.consumed, "global_batch": self.global_batch,
+                    "ranks": self.ctx.size}
+        return self.checkpoints.save(training_state(self.net, self.optimizer, self.scaler), self.step, position,
+                                     final=final)
 
     def fit(self) -> Dict[str, object]:
-        """Train ``total_steps`` steps; returns a summary (final checkpoint path, last loss, timing)."""
+        """Train up to ``total_steps``; returns a summary (final checkpoint path, last loss, timing).
+
+        Raises :class:`TrainingInterrupted` after saving if SIGTERM/SIGINT arrived.
+        """
         tcfg = self.cfg.train
-        global_batch = tcfg.batch_size * self.ctx.size
-        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        LOG.info("training %d steps (%d epoch(s) of %d steps), global batch %d = %d x %d rank(s), lr %.4g -> %.4g",
-                 self.total_steps, epochs, self.steps_per_epoch, global_batch, tcfg.batch_size, self.ctx.size,
-                 tcfg.lr, tcfg.min_lr)
+        LOG.info("training steps %d..%d (%d step(s) per epoch), global batch %d = %d x %d rank(s), lr %.4g -> %.4g",
+                 self.step + 1, self.total_steps, self.steps_per_epoch, self.global_batch, tcfg.batch_size,
+                 self.ctx.size, tcfg.lr, tcfg.min_lr)
+        if self.step >= self.total_steps:
+            LOG.info("already trained %d of %d steps: nothing to do", self.step, self.total_steps)
+            return {"steps": self.step, "loss": float("nan"), "checkpoint": self.checkpoints.path_for(None),
+                    "first_step_seconds": None}
         self.net.set_train(True)
-        iterator = self.dataset.create_tuple_iterator(num_epochs=epochs)
-        progress = tqdm(total=self.total_steps, desc="train", unit="step", dynamic_ncols=True,
+        progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (self.ctx.is_main and sys.stderr.isatty()))
-        self.step, self.first_step_seconds = 0, None
+        self.first_step_seconds: Optional[float] = None
         self.window: List[float] = []  # wall seconds per step (data + compute) since the last report
         loss_value = float("nan")
-        with logging_redirect_tqdm(), progress:
-            for epoch in range(epochs):
+        with logging_redirect_tqdm(), progress, StopRequest() as stop:
+            while self.step < self.total_steps:
+                dataset = create_train_dataset(self.cfg, self.ctx.rank, self.ctx.size, self.epoch, self.consumed)
                 self.last_tick = time.perf_counter()
-                for images, labels in iterator:  # the iterator ends (and rewinds) at each epoch end
-                    loss_value = self._train_one(epoch, images, labels)
+                for images, labels in dataset.create_tuple_iterator(num_epochs=1):
+                    loss_value = self._train_one(images, labels)
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss_value:.4f}")
+                    signum = stop.agreed(self.ctx)
+                    if signum is not None:
+                        raise TrainingInterrupted(signum, self.step, self._save())
                     if self.step == self.total_steps:
                         break
         LOG.info("parameter checksum %s after %d steps", parameter_checksum(self.net), self.step)
-        final_path = self._save(self.step, epochs - 1, final=True)
+        final_path = self._save(final=True)
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}
 
-    def _train_one(self, epoch: int, images: ms.Tensor, labels: ms.Tensor) -> float:
+    def _advance(self) -> None:
+        """Move the training position past one global batch (to the next epoch when it is used up)."""
+        self.step += 1
+        self.consumed += self.global_batch
+        if steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size) == 0:
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+    def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> float:
         """One optimisation step plus its bookkeeping (timing, divergence, logs, checkpoints)."""
+        epoch = self.epoch
         loss, finite, scale = self.step_fn(images, labels)
         loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
-        self.step += 1
+        self._advance()
         now = time.perf_counter()
         if self.first_step_seconds is None:
             self.first_step_seconds = now - self.last_tick
@@ -185,12 +258,12 @@ class Trainer:
             self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
             self.window = []
         if self.step % self.cfg.train.checkpoint_interval == 0 and self.step < self.total_steps:
-            self._save(self.step, epoch)
+            self._save()
         return loss_value
 
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
         seconds = float(np.mean(window)) if window else None  # None: only the compile step so far
-        images_per_s = self.cfg.train.batch_size * self.ctx.size / seconds if seconds else None
+        images_per_s = self.global_batch / seconds if seconds else None
         lr = float(self.lr[step - 1])
         timing = f"step {seconds:.2f} s {images_per_s:.1f} img/s" if seconds else "(compile step)"
         LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s %s", epoch, step, self.total_steps, loss, lr,

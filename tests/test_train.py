@@ -96,14 +96,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 def test_only_rank_zero_writes_checkpoints(mindrecord_dir, tmp_path):
     from fcn8s.config import load_config
-    from fcn8s.data.pipeline import create_train_dataset
+    from fcn8s.data.pipeline import count_samples
     from fcn8s.distributed import DistContext
     from fcn8s.trainer import Trainer
 
     cfg = load_config(CONFIG, [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={tmp_path}"])
     trainer = Trainer(cfg, DistContext(rank=1, size=1, launcher="test"), FCN8s(21, "matmul"),
-                      create_train_dataset(cfg))
-    assert trainer._save(1, 0) is None
+                      count_samples(mindrecord_dir))
+    assert trainer._save() is None
     assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
-    main = Trainer(cfg, DistContext(), FCN8s(21, "matmul"), create_train_dataset(cfg))
-    assert os.path.isfile(main._save(1, 0))
+    main = Trainer(cfg, DistContext(), FCN8s(21, "matmul"), count_samples(mindrecord_dir))
+    assert os.path.isfile(main._save())

@@ -1,0 +1,129 @@
+"""Exact resume and preemption with real training processes (1 process and 2 ranks via run_distribute.sh)."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import PYTHON, REPO, run_module
+
+CONFIG = "configs/cpu_smoke.yaml"
+STEPS = 6
+
+
+def _args(mindrecord_dir, out, *extra):
+    return ["--config", CONFIG, f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}",
+            "train.log_interval=1", f"train.max_steps={STEPS}", "train.batch_size=2", *extra]
+
+
+def _losses(out):
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in records}
+
+
+def _checksums(text):
+    return re.findall(r"parameter checksum (\w+) after (\d+) steps", text)
+
+
+def _wait_for_step(out, step, proc, timeout=600):
+    path = os.path.join(out, "metrics.jsonl")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early with code {proc.returncode}")
+        if os.path.exists(path) and len(open(path).read().splitlines()) >= step:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"step {step} never logged")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mindrecord_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, out, "train.checkpoint_interval=3"), check=True)
+    return out, result.stderr
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(uninterrupted, mindrecord_dir, tmp_path):
+    full, full_log = uninterrupted
+    os.makedirs(tmp_path / "checkpoints")
+    for name in ("fcn8s-step00000003.ckpt", "fcn8s-step00000003.json"):
+        shutil.copy(os.path.join(full, "checkpoints", name), tmp_path / "checkpoints")
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, tmp_path, "--resume", "auto"), check=True)
+    assert "resumed from" in result.stderr and "at step 3 (epoch 0, 6 samples of it done)" in result.stderr
+    resumed, expected = _losses(tmp_path), _losses(full)
+    assert sorted(resumed) == [4, 5, 6]
+    np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [expected[s] for s in (4, 5, 6)], rtol=0, atol=1e-5)
+    assert _checksums(result.stderr) == _checksums(full_log)  # same weights after 6 steps
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(uninterrupted, mindrecord_dir, tmp_path):
+    full, full_log = uninterrupted
+    proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_step(str(tmp_path), 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    stopped = re.search(r"stopped by SIGTERM after step (\d+); resumable checkpoint (\S+);", output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < STEPS and os.path.basename(stopped.group(2)) == f"fcn8s-step{step:08d}.ckpt"
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, tmp_path, "--resume", "auto"), check=True)
+    assert f"at step {step}" in result.stderr
+    losses, expected = _losses(tmp_path), _losses(full)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([losses[s] for s in sorted(losses)], [expected[s] for s in sorted(expected)],
+                               rtol=0, atol=1e-5)
+    assert _checksums(result.stderr) == _checksums(full_log)
+
+
+def _distributed(mindrecord_dir, out, logs, *extra):
+    env = {**os.environ, "LOG_DIR": str(logs), "PYTHON": PYTHON}
+    args = _args(mindrecord_dir, out, *extra)[1:]  # run_distribute.sh takes the config positionally
+    return subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_ranks_preempted_through_run_distribute_resume_identically(mindrecord_dir, tmp_path):
+    full = tmp_path / "full"
+    job = _distributed(mindrecord_dir, full, tmp_path / "logs_full")
+    output, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, output[-3000:]
+    full_checksums = [_checksums((tmp_path / "logs_full" / f"rank_{k}.log").read_text()) for k in range(2)]
+    assert full_checksums[0] == full_checksums[1] != []
+
+    out = tmp_path / "preempted"
+    job = _distributed(mindrecord_dir, out, tmp_path / "logs_1", "train.checkpoint_interval=100")
+    try:
+        _wait_for_step(str(out), 2, job)
+        job.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=180)
+    finally:
+        job.kill()
+    assert job.returncode == 128 + signal.SIGTERM, output[-3000:]
+    for k in range(2):
+        assert "stopped by SIGTERM after step" in (tmp_path / "logs_1" / f"rank_{k}.log").read_text()
+    saved = sorted(os.listdir(out / "checkpoints"))
+    assert len(saved) == 2 and saved[0].startswith("fcn8s-step")  # one checkpoint + sidecar, from rank 0 only
+
+    job = _distributed(mindrecord_dir, out, tmp_path / "logs_2", "--resume", "auto")
+    output, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, output[-3000:]
+    losses, expected = _losses(str(out)), _losses(str(full))
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([losses[s] for s in sorted(losses)], [expected[s] for s in sorted(expected)],
+                               rtol=0, atol=1e-5)
+    resumed_checksums = [_checksums((tmp_path / "logs_2" / f"rank_{k}.log").read_text()) for k in range(2)]
+    assert resumed_checksums == full_checksums
