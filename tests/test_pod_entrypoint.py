@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fcn8s.cluster.entrypoint import ascendjob_envs, find_server, rank_table_envs
+from fcn8s.cluster.entrypoint import ascendjob_envs, default_log_dir, find_server, rank_table_envs
 from fcn8s.distributed import free_port
 from fcn8s.errors import UserError
 from tests.conftest import REPO
@@ -174,6 +174,22 @@ def test_ascendjob_worker_pod_starts_its_local_workers(tmp_path):
         assert {k: found[rank][k] for k in ("MS_ROLE", "MS_NODE_ID", "MS_WORKER_NUM", "DEVICE_ID", "RANK_SIZE")} == \
             {"MS_ROLE": "MS_WORKER", "MS_NODE_ID": str(rank), "MS_WORKER_NUM": "4", "DEVICE_ID": str(rank - 2),
              "RANK_SIZE": "4"}
+
+
+def test_a_failing_rank_fails_the_pod(tmp_path):
+    env = {"MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": "10.1.1.1", "MS_SCHED_PORT": "2222", "MS_WORKER_NUM": "2",
+           "MS_LOCAL_WORKER": "2", "MS_NODE_RANK": "0"}
+    proc, _, logs = start_pod(tmp_path, env, module="tests.no_such_module")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "exited with code 1; stopping the other ranks" in err
+    assert "No module named tests.no_such_module" in (logs / "rank_0.log").read_text()
+
+
+def test_logs_default_to_the_output_dir_of_the_training_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOSTNAME", "fcn8s-voc-worker-1")
+    args = ["--config", "configs/cpu_smoke.yaml", "--set", f"run.output_dir={tmp_path}/run", "--resume", "auto"]
+    assert default_log_dir(args) == f"{tmp_path}/run/logs/fcn8s-voc-worker-1"
 
 
 @pytest.mark.slow

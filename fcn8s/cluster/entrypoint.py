@@ -33,7 +33,7 @@ from rank_table import RankTableError
 from rank_table.devices import host_ip
 from rank_table.table import COMPLETED, validate_table
 
-from fcn8s.config import add_config_arguments, config_from_args
+from fcn8s.config import config_from_args
 from fcn8s.distributed import SCHEDULER_CODE, rank_table_path
 from fcn8s.errors import UserError, run_cli
 from fcn8s.launch import RankProcesses, start_workers, supervise_job
@@ -140,10 +140,10 @@ def rank_table_envs(table: Mapping[str, Any], server: Mapping[str, Any], path: s
 
 
 def default_log_dir(train_args: Sequence[str]) -> str:
-    """RUN.OUTPUT_DIR/logs/POD_NAME for the training config in ``train_args`` (validated here)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_config_arguments(parser)
-    cfg = config_from_args(parser.parse_known_args(list(train_args))[0])
+    """RUN.OUTPUT_DIR/logs/POD_NAME for the fcn8s.train arguments ``train_args`` (validated here)."""
+    from fcn8s.train import build_parser as train_parser  # imports MindSpore: only when needed
+
+    cfg = config_from_args(train_parser().parse_args(list(train_args)))
     return os.path.join(cfg.run.output_dir, "logs", os.environ.get("HOSTNAME") or socket.gethostname())
 
 
