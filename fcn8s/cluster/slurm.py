@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from fcn8s.cluster.spec import JobSpec
-from fcn8s.cluster.templates import fill
+from fcn8s.cluster.templating import fill
 from fcn8s.errors import UserError
 
 FILENAME = "fcn8s.sbatch"
