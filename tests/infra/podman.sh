@@ -32,11 +32,18 @@ base() {
     echo "podman: base image ${BASE_IMAGE} present"
     return 0
   fi
-  local mirror=()
-  [[ -f /etc/apt/sources.list.d/debian.sources ]] && mirror=(/etc/apt/sources.list.d/debian.sources)
-  echo "podman: building ${BASE_IMAGE} with mmdebstrap (a few minutes, once)"
+  # The host's own Debian mirror (a sources file): no registry and no other host is involved.
+  local sources
+  for sources in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list ""; do
+    [[ -s "${sources}" ]] && break
+  done
+  if [[ -z "${sources}" ]]; then
+    echo "error: no Debian apt sources on this host for mmdebstrap" >&2
+    exit 1
+  fi
+  echo "podman: building ${BASE_IMAGE} with mmdebstrap from ${sources} (about a minute, once)"
   mmdebstrap --quiet --variant=minbase --dpkgopt=force-unsafe-io \
-    --include=python3,python3-venv,ca-certificates bookworm - "${mirror[@]}" \
+    --include=python3,python3-venv,ca-certificates bookworm - "${sources}" </dev/null \
     | podman import --quiet - "${BASE_IMAGE}" >/dev/null
   podman image exists "${BASE_IMAGE}"
   echo "podman: base image ${BASE_IMAGE} built"
