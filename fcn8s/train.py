@@ -11,6 +11,9 @@ data are restored, so the resumed steps are the ones an uninterrupted run would 
 Preemption: on SIGTERM/SIGINT the ranks finish the current step, rank 0 writes a resumable
 checkpoint, and every rank exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT).
 
+Rank 0 writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, lr, loss scale, images/s),
+``config.yaml`` and, at the end, ``plots/{loss,lr,loss_scale,images_per_second}.png``.
+
 Exit codes: 0 done, 2 bad input (config, data, checkpoint), 3 training diverged,
 130/143 stopped by SIGINT/SIGTERM after saving (rerun with --resume auto).
 """
@@ -25,6 +28,7 @@ from fcn8s.config import add_config_arguments, config_from_args, resolve_path, s
 from fcn8s.data.pipeline import count_samples
 from fcn8s.errors import run_cli
 from fcn8s.model import build_model, resolve_conv_impl
+from fcn8s.plots import plot_training_curves
 from fcn8s.preemption import TrainingInterrupted
 from fcn8s.runtime import resolve_device_target, start
 from fcn8s.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
@@ -74,6 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return err.exit_code
     LOG.info("done: %d steps, last loss %.4f, checkpoint %s", summary["steps"], summary["loss"],
              summary["checkpoint"] or "(written by rank 0)")
+    if ctx.is_main and os.path.isfile(trainer.metrics_path):
+        plots = plot_training_curves(trainer.metrics_path, os.path.join(cfg.run.output_dir, "plots"))
+        LOG.info("training curves: %s", ", ".join(plots))
     return 0
 
 

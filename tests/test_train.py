@@ -2,6 +2,7 @@
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -39,6 +40,9 @@ def test_short_training_run_learns(trained_run):
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0005)  # per-step cosine, not constant
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     assert "[rank 0/1]" in result.stderr and "img/s" in result.stderr
+    for name in ("loss", "lr", "loss_scale", "images_per_second"):  # curves written at the end by rank 0
+        image = cv2.imread(os.path.join(out, "plots", f"{name}.png"))
+        assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
 
 
 def test_checkpoints_atomic_pruned_and_loadable(trained_run):
