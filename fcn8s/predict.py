@@ -20,7 +20,7 @@ from tqdm import tqdm
 from fcn8s.config import add_config_arguments, config_from_args
 from fcn8s.data.voc import voc_palette, write_label_png
 from fcn8s.errors import UserError, run_cli
-from fcn8s.inference import Predictor
+from fcn8s.inference import Predictor, add_tta_arguments
 from fcn8s.runtime import start
 
 LOG = logging.getLogger("fcn8s.predict")
@@ -59,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time scales (default 1.0)")
-    parser.add_argument("--flip", action="store_true", help="also average the horizontally mirrored image")
+    add_tta_arguments(parser)
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
     return parser
 
@@ -68,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    if any(scale <= 0 for scale in args.scales):
-        raise UserError(f"--scales must be > 0, got {args.scales}")
     paths = list_images(args.input)
     start(cfg)
     predictor = Predictor.from_checkpoint(cfg, args.ckpt)

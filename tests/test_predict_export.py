@@ -51,6 +51,7 @@ def test_overlay_shows_the_original_image_not_a_normalised_one():
     (["--input", "nowhere.jpg"], "error: input not found: nowhere.jpg"),
     (["--input", "configs"], "no images"),
     (["--input", "configs/cpu_smoke.yaml"], "not a readable image"),
+    (["--input", "configs", "--scales", "-1"], "scale must be in (0, 4.0], got -1"),
 ])
 def test_predict_input_errors(checkpoint, tmp_path, args, message):
     result = run_module("fcn8s.predict", "--config", CONFIG, "--ckpt", checkpoint, "--out", str(tmp_path), *args)
