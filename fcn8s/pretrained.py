@@ -108,18 +108,18 @@ def _examples(names: List[str], count: int = 3) -> str:
     return f", e.g. {', '.join(names[:count])}" if names else ""
 
 
-def read_checkpoint(path: str) -> Dict[str, np.ndarray]:
-    """name -> array of a MindSpore checkpoint; a missing or unreadable file is a UserError."""
+def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
+    """name -> parameter of a MindSpore checkpoint; a missing or unreadable file is a UserError."""
     if not os.path.isfile(path):
         raise UserError(f"pretrained checkpoint not found: {path}")
     try:
         params = ms.load_checkpoint(path)
     except (RuntimeError, ValueError, OSError) as err:
         raise UserError(f"{path}: not a readable MindSpore checkpoint ({str(err).splitlines()[0]})") from None
-    return {name: value.asnumpy() for name, value in params.items()}
+    return params
 
 
-def detect_naming(params: Dict[str, np.ndarray], path: str) -> str:
+def detect_naming(params: Dict[str, ms.Parameter], path: str) -> str:
     """'model zoo' or 'mindcv' from the first conv's name; anything else is a UserError naming the file."""
     for naming, table in MAPPINGS.items():
         if f"{table[0].source}.weight" in params:
@@ -128,7 +128,7 @@ def detect_naming(params: Dict[str, np.ndarray], path: str) -> str:
     raise UserError(f"{path}: not a VGG16-BN checkpoint with model-zoo or mindcv naming (no {expected})")
 
 
-def _check_present(params: Dict[str, np.ndarray], layer: Layer, path: str) -> bool:
+def _check_present(params: Dict[str, ms.Parameter], layer: Layer, path: str) -> bool:
     """Whether ``layer`` is in the file; a required layer that is absent is a UserError."""
     names = [f"{layer.source}.weight"] + ([f"{layer.source_bn}.{f}" for f in BN_FIELDS] if layer.source_bn else [])
     absent = [name for name in names if name not in params]
@@ -140,16 +140,17 @@ def _check_present(params: Dict[str, np.ndarray], layer: Layer, path: str) -> bo
     raise UserError(f"{path}: missing {absent[0]}, needed for {layer.target}{hint}")
 
 
-def _checked(params: Dict[str, np.ndarray], name: str, shape: Tuple[int, ...], target: str, path: str) -> np.ndarray:
-    """``params[name]`` as float32 if it has ``shape``, else a UserError naming both parameters."""
-    value = params[name]
-    if value.shape != shape:
+def _checked(params: Dict[str, ms.Parameter], name: str, shape: Tuple[int, ...], target: str, path: str
+             ) -> np.ndarray:
+    """``params[name]`` as a float32 array if it has ``shape``, else a UserError naming both parameters."""
+    value_shape = tuple(params[name].shape)
+    if value_shape != shape:
         hint = " (FCN-8s needs an ImageNet 224x224 VGG16 classifier)" if name.startswith("classifier") else ""
-        raise UserError(f"{path}: {name} has shape {value.shape}, {target} needs {shape}{hint}")
-    return value.astype(np.float32)
+        raise UserError(f"{path}: {name} has shape {value_shape}, {target} needs {shape}{hint}")
+    return params[name].asnumpy().astype(np.float32)
 
 
-def layer_values(params: Dict[str, np.ndarray], layer: Layer, path: str) -> Dict[str, np.ndarray]:
+def layer_values(params: Dict[str, ms.Parameter], layer: Layer, path: str) -> Dict[str, np.ndarray]:
     """FCN-8s name -> value for one layer present in ``params`` (bias folded into moving_mean)."""
     weight = _checked(params, f"{layer.source}.weight", layer.source_shape, f"{layer.target}.weight", path)
     values = {f"{layer.target}.weight": weight.reshape(layer.shape)}
@@ -165,7 +166,7 @@ def layer_values(params: Dict[str, np.ndarray], layer: Layer, path: str) -> Dict
     return values
 
 
-def used_names(layer: Layer) -> List[str]:
+def _used_names(layer: Layer) -> List[str]:
     names = [f"{layer.source}.weight", f"{layer.source}.bias"]
     return names + ([f"{layer.source_bn}.{f}" for f in BN_FIELDS] if layer.source_bn else [])
 
@@ -184,7 +185,7 @@ def load_pretrained_backbone(net: nn.Cell, path: str) -> PretrainedReport:
     for layer in MAPPINGS[naming]:
         if _check_present(params, layer, path):
             values.update(layer_values(params, layer, path))
-            used.update(used_names(layer))
+            used.update(_used_names(layer))
     for name, value in values.items():
         if name not in targets:
             raise UserError(f"the network has no parameter {name} (not an FCN-8s?)")
