@@ -45,7 +45,7 @@ from fcn8s.model import FC_CHANNELS, VGG16_BLOCKS, build_model
 
 LOG = logging.getLogger(__name__)
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
-NAMINGS = {"model zoo": "layers", "mindcv": "features"}  # naming -> prefix of the feature layers
+NAMINGS = {"model-zoo": "layers", "mindcv": "features"}  # naming -> prefix of the feature layers
 FC_LAYERS = (("classifier.0", "conv6", (FC_CHANNELS, 512, 7, 7)),
              ("classifier.3", "conv7", (FC_CHANNELS, FC_CHANNELS, 1, 1)))
 
@@ -120,7 +120,7 @@ def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
 
 
 def detect_naming(params: Dict[str, ms.Parameter], path: str) -> str:
-    """'model zoo' or 'mindcv' from the first conv's name; anything else is a UserError naming the file."""
+    """'model-zoo' or 'mindcv' from the first conv's name; anything else is a UserError naming the file."""
     for naming, table in MAPPINGS.items():
         if f"{table[0].source}.weight" in params:
             return naming

@@ -79,7 +79,7 @@ def loaded(vgg_checkpoint):
 @pytest.mark.slow
 def test_real_names_are_detected_and_counted(loaded, vgg_checkpoint):
     vgg, net, report = loaded
-    assert report.naming == {"layers": "model zoo", "features": "mindcv"}[vgg.features_attr]
+    assert report.naming == {"layers": "model-zoo", "features": "mindcv"}[vgg.features_attr]
     in_file = set(ms.load_checkpoint(vgg_checkpoint[1]))
     assert f"{vgg.features_attr}.1.gamma" in in_file and "classifier.0.weight" in in_file  # the real layout
     # 65 backbone + conv6/conv7 weights + conv6/conv7 moving_mean (fc biases folded)
@@ -187,7 +187,7 @@ def test_vgg_without_batchnorm_is_refused(fcn, tmp_path):
 
 def test_unknown_naming_and_unreadable_files(fcn, tmp_path):
     resnet = save(tmp_path / "resnet.ckpt", {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
-    expect_error(fcn, resnet, resnet, "'layers.0.weight' (model zoo)", "'features.0.weight' (mindcv)")
+    expect_error(fcn, resnet, resnet, "'layers.0.weight' (model-zoo)", "'features.0.weight' (mindcv)")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
     expect_error(fcn, garbage, str(garbage), "not a readable MindSpore checkpoint")
@@ -202,7 +202,7 @@ def test_cli_checks_a_file_and_prints_the_table(tmp_path):
     path = save(tmp_path / "f.ckpt", backbone_arrays("layers"))
     result = run_module("fcn8s.pretrained", path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "naming model zoo: loaded 65, missing" in result.stdout
+    assert "naming model-zoo: loaded 65, missing" in result.stdout
     table = run_module("fcn8s.pretrained", "--table", "mindcv")
     assert "features.7.weight -> conv2.0.weight (128, 64, 3, 3)" in table.stdout
     assert "classifier.0.weight -> conv6.0.weight (4096, 512, 7, 7)" in table.stdout
