@@ -40,6 +40,8 @@ class ModelConfig:
     conv_impl: str = field(default="auto", metadata=_choices("auto", "conv", "matmul"))
     # Mixed precision: O0 = float32; O2/O3 = float16 compute (use on Ascend).
     amp_level: str = field(default="O0", metadata=_choices("O0", "O1", "O2", "O3"))
+    # ImageNet VGG16-BN checkpoint (model-zoo or mindcv names) for the backbone; "" = from scratch.
+    pretrained: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class TrainConfig:
     log_interval: int = field(default=10, metadata=_range(1))
     checkpoint_interval: int = field(default=500, metadata=_range(1))
     keep_checkpoints: int = field(default=5, metadata=_range(1))
+    # Evaluate on val every N steps (0 = never) and save a checkpoint recording its mIoU; retention
+    # keeps the best one besides the last keep_checkpoints.
+    eval_interval: int = field(default=0, metadata=_range(0))
     # Stop when the loss is non-finite or the loss scale shrinks this many steps in a row.
     max_bad_steps: int = field(default=20, metadata=_range(1))
 
@@ -254,15 +259,17 @@ def resolve_path(path: str) -> str:
 
 
 def _resolve_paths(cfg: Config) -> Config:
+    pretrained = resolve_path(cfg.model.pretrained) if cfg.model.pretrained else ""
     return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, mindrecord_dir=resolve_path(cfg.data.mindrecord_dir)),
+        cfg, model=dataclasses.replace(cfg.model, pretrained=pretrained),
+        data=dataclasses.replace(cfg.data, mindrecord_dir=resolve_path(cfg.data.mindrecord_dir)),
         run=dataclasses.replace(cfg.run, output_dir=resolve_path(cfg.run.output_dir)))
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Load defaults < YAML file < ``a.b=v`` overrides into a validated :class:`Config`.
 
-    Paths in the result (``data.mindrecord_dir``, ``run.output_dir``) are absolute.
+    Paths in the result (``model.pretrained``, ``data.mindrecord_dir``, ``run.output_dir``) are absolute.
     """
     tree: Dict[str, Any] = read_yaml(path) if path else {}
     for text in overrides:

@@ -37,10 +37,9 @@ def class_names(num_classes: int) -> List[str]:
     return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
 
 
-def evaluate(cfg: Config, ctx: DistContext, ckpt: str, split: str = "val", scales: Sequence[float] = (1.0,),
-             flip: bool = False) -> np.ndarray:
-    """Confusion matrix of this rank's share of ``split`` for the network in ``ckpt`` (TTA: scales, flip)."""
-    predictor = Predictor.from_checkpoint(cfg, ckpt)
+def evaluate(cfg: Config, ctx: DistContext, predictor: Predictor, split: str = "val",
+             scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
+    """Confusion matrix of this rank's share of ``split`` (TTA: scales, flip); sum it over ranks."""
     score = functools.partial(_score, predictor, cfg=cfg, scales=scales, flip=flip)
     hist = np.zeros((cfg.model.num_classes,) * 2, np.int64)
     batch: List[tuple] = []
@@ -91,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     ctx = start(cfg)
-    hist = sum_across_ranks(evaluate(cfg, ctx, args.ckpt, args.split, args.scales, args.flip), ctx)
+    predictor = Predictor.from_checkpoint(cfg, args.ckpt)
+    hist = sum_across_ranks(evaluate(cfg, ctx, predictor, args.split, args.scales, args.flip), ctx)
     summary = summarize(hist)
     summary.update({"checkpoint": os.path.abspath(args.ckpt), "split": args.split, "scales": args.scales,
                     "flip": args.flip, "class_names": class_names(cfg.model.num_classes)})

@@ -29,6 +29,7 @@ from fcn8s.data.pipeline import count_samples
 from fcn8s.errors import run_cli
 from fcn8s.model import build_model, resolve_conv_impl
 from fcn8s.plots import plot_training_curves
+from fcn8s.pretrained import load_pretrained_backbone
 from fcn8s.preemption import TrainingInterrupted
 from fcn8s.runtime import resolve_device_target, start
 from fcn8s.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
@@ -39,6 +40,9 @@ LOG = logging.getLogger("fcn8s.train")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", metavar="PATH",
+                        help="ImageNet VGG16-BN .ckpt (model-zoo or mindcv names) for the backbone; same as "
+                             "model.pretrained=PATH; ignored when resuming (the checkpoint holds the weights)")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="continue training: 'auto' = newest complete checkpoint in the output dir "
                              "(start fresh if none), or a checkpoint path")
@@ -58,6 +62,8 @@ def resume_path(resume: Optional[str], trainer: Trainer) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pretrained:
+        args.overrides.append(f"model.pretrained={args.pretrained}")
     cfg = config_from_args(args)
     ctx = start(cfg)
     if ctx.is_main:
@@ -68,6 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checkpoint = resume_path(args.resume, trainer)
     if checkpoint:
         trainer.resume(checkpoint)
+    elif cfg.model.pretrained:
+        load_pretrained_backbone(net, cfg.model.pretrained)
     try:
         summary = trainer.fit()
     except TrainingDiverged as err:

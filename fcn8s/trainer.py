@@ -31,6 +31,9 @@ from fcn8s.data.pipeline import create_train_dataset
 from fcn8s.data.sampling import steps_in_epoch
 from fcn8s.distributed import DistContext, sum_across_ranks
 from fcn8s.errors import UserError
+from fcn8s.eval import evaluate
+from fcn8s.inference import Predictor
+from fcn8s.metrics import summarize
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
 
@@ -186,7 +189,7 @@ class Trainer:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _save(self, final: bool = False) -> Optional[str]:
+    def _save(self, final: bool = False, metrics: Optional[Dict[str, object]] = None) -> Optional[str]:
         """Rank 0 writes the current state (no-op elsewhere, and if this step is already saved)."""
         if not self.ctx.is_main or (self.saved_step == self.step and not final):
             return None
@@ -194,7 +197,19 @@ class Trainer:
         position = {"epoch": self.epoch, "consumed": self.consumed, "global_batch": self.global_batch,
                     "ranks": self.ctx.size}
         return self.checkpoints.save(training_state(self.net, self.optimizer, self.scaler), self.step, position,
-                                     final=final)
+                                     final=final, metrics=metrics)
+
+    def _evaluate(self) -> Dict[str, object]:
+        """Val metrics of the current weights (every rank scores its share; BN in inference mode)."""
+        cfg = self.cfg
+        predictor = Predictor(self.net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
+        try:
+            summary = summarize(sum_across_ranks(evaluate(cfg, self.ctx, predictor), self.ctx))
+        finally:
+            self.net.set_train(True)
+        keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
+        LOG.info("val at step %d: %s", self.step, ", ".join(f"{key} {summary[key]:.4f}" for key in keys))
+        return {key: summary[key] for key in keys}
 
     def fit(self) -> Dict[str, object]:
         """Train up to ``total_steps``; returns a summary (final checkpoint path, last loss, timing).
@@ -257,7 +272,10 @@ class Trainer:
         if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
             self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
             self.window = []
-        if self.step % self.cfg.train.checkpoint_interval == 0 and self.step < self.total_steps:
+        tcfg = self.cfg.train
+        if tcfg.eval_interval and self.step % tcfg.eval_interval == 0 and self.step < self.total_steps:
+            self._save(metrics=self._evaluate())
+        elif self.step % tcfg.checkpoint_interval == 0 and self.step < self.total_steps:
             self._save()
         return loss_value
 

@@ -208,3 +208,16 @@ def test_cli_checks_a_file_and_prints_the_table(tmp_path):
     assert "classifier.0.weight -> conv6.0.weight (4096, 512, 7, 7)" in table.stdout
     bad = run_module("fcn8s.pretrained", str(tmp_path / "none.ckpt"))
     assert bad.returncode == 2 and "error: pretrained checkpoint not found" in bad.stderr
+
+
+def test_train_cli_starts_from_pretrained_weights(mindrecord_dir, tmp_path):
+    arrays = backbone_arrays()
+    path = save(tmp_path / "vgg16_bn_features.ckpt", arrays)
+    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}", "train.max_steps=1"]
+    result = run_module("fcn8s.train", *args, f"run.output_dir={tmp_path / 'run'}", "--pretrained", path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"vgg16_bn_features.ckpt: loaded {BACKBONE_PARAMS}, missing" in result.stderr
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"\0" * 64)
+    result = run_module("fcn8s.train", *args, f"run.output_dir={tmp_path / 'run2'}", f"model.pretrained={bad}")
+    assert result.returncode == 2 and "broken.ckpt" in result.stderr and "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 """End-to-end on CPU with real processes: train, checkpoint, evaluate, diverge."""
 import json
+import re
 import os
 
 import cv2
@@ -111,3 +112,21 @@ def test_only_rank_zero_writes_checkpoints(mindrecord_dir, tmp_path):
     assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
     main = Trainer(cfg, DistContext(), FCN8s(21, "matmul"), count_samples(mindrecord_dir))
     assert os.path.isfile(main._save())
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_records_miou_and_retention_keeps_the_best(mindrecord_dir, tmp_path):
+    result = run_module("fcn8s.train", "--config", CONFIG,
+                        *_overrides(mindrecord_dir, tmp_path, "train.max_steps=7", "train.eval_interval=2",
+                                    "train.checkpoint_interval=100", "train.keep_checkpoints=1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert all(f"val at step {step}: pixel_accuracy" in result.stderr for step in (2, 4, 6))
+    logged = {int(step): float(miou) for step, miou in re.findall(r"val at step (\d+): .*mean_iou ([\d.]+)",
+                                                                   result.stderr)}
+    best = max(logged, key=logged.get)
+    ckpt_dir = os.path.join(tmp_path, "checkpoints")
+    kept = {json.load(open(os.path.join(ckpt_dir, name)))["step"]: json.load(open(os.path.join(ckpt_dir, name)))
+            for name in os.listdir(ckpt_dir) if name.startswith("fcn8s-step") and name.endswith(".json")}
+    assert set(kept) == {6, best}  # the newest plus the best by mIoU
+    for step, meta in kept.items():
+        assert meta["metrics"]["mean_iou"] == pytest.approx(logged[step], abs=1e-4)
