@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -27,11 +28,21 @@ def synthetic_dataset(work: str, images: int, min_size: int = 48, max_size: int 
     return dataset
 
 
-def images_per_second(dataset, batches: int, batch_size: int = 4) -> float:
-    """Images/s a batched MindSpore dataset delivers, after its first batch."""
+def pipeline_rate(dataset, batches: int, batch_size: int = 4) -> Tuple[float, float]:
+    """(images/s, CPU ms per image) a batched MindSpore dataset delivers, after its first batch.
+
+    CPU time is this process's user + system time over all threads (workers and the consuming
+    loop); it is much less sensitive than wall time to other jobs on a shared machine.
+    """
     iterator = dataset.repeat().create_tuple_iterator(num_epochs=1, output_numpy=True)
     next(iterator)
-    started = time.perf_counter()
+    cpu_started, started = _cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         next(iterator)
-    return batch_size * batches / (time.perf_counter() - started)
+    images = batch_size * batches
+    return images / (time.perf_counter() - started), 1000.0 * (_cpu_seconds() - cpu_started) / images
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -9,7 +9,8 @@
    Both read the same MindRecord files; seed and ours alternate, ``--repeats`` times each.
 2. ``build_dataset`` throughput with 2 workers vs 1 (also alternated).
 Data: synthetic VOC-layout JPEGs of 300-500 px (VOC images are at most 500 px).
-The machine's 1-minute load average is printed with every repetition.
+Also printed: CPU ms per image (process user + system time over all threads), which other jobs
+on a shared machine disturb much less than wall time, and the 1-minute load average.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
 
 import mindspore.dataset as ds
 
-from common import REPO, images_per_second, synthetic_dataset
+from common import REPO, pipeline_rate, synthetic_dataset
 
 MEAN = [103.53, 116.28, 123.675]
 STD = [57.375, 57.120, 58.395]
@@ -92,7 +93,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved (default 3)")
     args = parser.parse_args()
     from fcn8s.data.mindrecord import dataset_files
-    pipeline: Dict[str, List[float]] = {"seed": [], "ours": []}
+    pipeline: Dict[str, List[Tuple[float, float]]] = {"seed": [], "ours": []}
     build_s: Dict[int, List[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as work:
         voc = synthetic_dataset(work, args.images, 300, 500, build=False)
@@ -106,15 +107,18 @@ def main() -> int:
         for rep in range(args.repeats):
             for side in ("seed", "ours") if rep % 2 == 0 else ("ours", "seed"):
                 dataset = seed_dataset(dataset_files(dataset_dir, "train")) if side == "seed" else our_dataset(dataset_dir)
-                pipeline[side].append(images_per_second(dataset, args.batches))
-            print(f"pipeline rep {rep + 1}: seed {pipeline['seed'][-1]:.1f} img/s, ours {pipeline['ours'][-1]:.1f} img/s, "
-                  f"ratio {pipeline['ours'][-1] / pipeline['seed'][-1]:.2f}x, load {load():.2f}", flush=True)
+                pipeline[side].append(pipeline_rate(dataset, args.batches))
+            (seed_rate, seed_cpu), (our_rate, our_cpu) = pipeline["seed"][-1], pipeline["ours"][-1]
+            print(f"pipeline rep {rep + 1}: seed {seed_rate:.1f} img/s ({seed_cpu:.2f} CPU ms/img), ours {our_rate:.1f} "
+                  f"img/s ({our_cpu:.2f} CPU ms/img), ratio {our_rate / seed_rate:.2f}x, load {load():.2f}", flush=True)
     count = args.images + 4
-    seed, ours = statistics.median(pipeline["seed"]), statistics.median(pipeline["ours"])
+    seed, ours = (statistics.median(rate for rate, _ in pipeline[side]) for side in ("seed", "ours"))
+    seed_cpu, our_cpu = (statistics.median(cpu for _, cpu in pipeline[side]) for side in ("seed", "ours"))
     one, two = statistics.median(build_s[1]), statistics.median(build_s[2])
     print(f"\nmedians of {args.repeats} interleaved runs; load average now {load():.2f}")
     print(f"{'benchmark':<44}{'baseline':>10}{'ours':>10}{'ratio':>8}{'goal':>7}")
     print(f"{'train pipeline img/s (crop 512, 2 workers)':<44}{seed:>10.1f}{ours:>10.1f}{ours / seed:>7.2f}x{'3x':>7}")
+    print(f"{'train pipeline CPU ms per image':<44}{seed_cpu:>10.2f}{our_cpu:>10.2f}{seed_cpu / our_cpu:>7.2f}x{'':>7}")
     print(f"{'build_dataset img/s (1 vs 2 workers)':<44}{count / one:>10.1f}{count / two:>10.1f}{one / two:>7.2f}x"
           f"{'1.8x':>7}")
     return 0

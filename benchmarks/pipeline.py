@@ -15,17 +15,17 @@ import os
 import tempfile
 import time
 
-from common import REPO, images_per_second, synthetic_dataset
+from common import REPO, pipeline_rate, synthetic_dataset
 
 
-def pipeline_rate(dataset_dir: str, crop: int, batches: int) -> float:
+def train_pipeline_rate(dataset_dir: str, crop: int, batches: int) -> float:
     """Images/s of the training pipeline (after its first batch)."""
     from fcn8s.config import load_config
     from fcn8s.data.pipeline import create_train_dataset
 
     cfg = load_config(os.path.join(REPO, "configs", "cpu_smoke.yaml"),
                       [f"data.mindrecord_dir={dataset_dir}", f"data.crop_size={crop}", "train.batch_size=4"])
-    return images_per_second(create_train_dataset(cfg), batches)
+    return pipeline_rate(create_train_dataset(cfg), batches)[0]
 
 
 def train_input_rate(crop: int = 512, batch: int = 4, calls: int = 20) -> float:
@@ -90,7 +90,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         dataset = synthetic_dataset(work, args.images, 300, 500)
-        rates = {crop: pipeline_rate(dataset, crop, args.batches) for crop in (64, 512)}
+        rates = {crop: train_pipeline_rate(dataset, crop, args.batches) for crop in (64, 512)}
     normalise = train_input_rate()
     train = step_rate()
     print(f"{'stage':<40}{'images/s':>10}")
