@@ -28,14 +28,16 @@ def synthetic_dataset(work: str, images: int, min_size: int = 48, max_size: int 
     return dataset
 
 
-def pipeline_rate(dataset, batches: int, batch_size: int = 4) -> Tuple[float, float]:
-    """(images/s, CPU ms per image) a batched MindSpore dataset delivers, after its first batch.
+def pipeline_rate(dataset, batches: int, batch_size: int = 4, warmup: int = 1) -> Tuple[float, float]:
+    """(images/s, CPU ms per image) a batched MindSpore dataset delivers after ``warmup`` batches.
 
-    CPU time is this process's user + system time over all threads (workers and the consuming
-    loop); it is much less sensitive than wall time to other jobs on a shared machine.
+    The warm-up should drain what shuffle buffers and the engine's queues computed before the
+    first batch. CPU time is this process's user + system time over all threads (workers and
+    the consuming loop); other jobs on a shared machine disturb it much less than wall time.
     """
     iterator = dataset.repeat().create_tuple_iterator(num_epochs=1, output_numpy=True)
-    next(iterator)
+    for _ in range(warmup):
+        next(iterator)
     cpu_started, started = _cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         next(iterator)
