@@ -198,6 +198,19 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
     return ctx
 
 
+# Launchers whose MindSpore scheduler is a child of rank 0 (see _bootstrap_dynamic_cluster): nobody
+# checks that workers finalise, so ranks may exit without MindSpore's teardown. Under msrun, the
+# Ascend Operator or fcn8s.launch a scheduler process expects every worker to finalise.
+SELF_BOOTSTRAPPED = ("openmpi", "slurm")
+
+
+def finalize_mpi() -> None:
+    """Finalize MPI if the mpirun bootstrap initialised it (mpirun treats a rank without it as failed)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+
+
 def sum_across_ranks(values: np.ndarray, ctx: DistContext) -> np.ndarray:
     """Exact element-wise sum of a non-negative integer array over all ranks.
 

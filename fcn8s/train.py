@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Optional, Sequence
 
 from fcn8s.config import add_config_arguments, config_from_args, resolve_path, save_config
 from fcn8s.data.pipeline import count_samples
+from fcn8s.distributed import SELF_BOOTSTRAPPED, detect_launcher, finalize_mpi
 from fcn8s.errors import run_cli
 from fcn8s.model import build_model, resolve_conv_impl
 from fcn8s.plots import plot_training_curves
@@ -92,5 +94,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def exit_without_teardown(code: int) -> None:
+    """Flush output and exit with ``code`` skipping interpreter teardown.
+
+    MindSpore's distributed runtime can crash (SIGSEGV, while garbage-collecting) as it is destroyed
+    at interpreter exit (seen once in 14 two-rank Slurm runs, after training had finished), which
+    turns a finished job into a failed one. Every result is on disk and every rank has passed the
+    final barrier by now. Only used where no MindSpore scheduler waits for workers to finalise.
+    """
+    finalize_mpi()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    EXIT_CODE = run_cli(main)
+    if detect_launcher() in SELF_BOOTSTRAPPED:
+        exit_without_teardown(EXIT_CODE)
+    raise SystemExit(EXIT_CODE)

@@ -240,13 +240,20 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss_value:.4f}")
                     signum = stop.agreed(self.ctx)
                     if signum is not None:
-                        raise TrainingInterrupted(signum, self.step, self._save())
+                        path = self._save()
+                        self._barrier()
+                        raise TrainingInterrupted(signum, self.step, path)
                     if self.step == self.total_steps:
                         break
         LOG.info("parameter checksum %s after %d steps", parameter_checksum(self.net), self.step)
         final_path = self._save(final=True)
+        self._barrier()
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}
+
+    def _barrier(self) -> None:
+        """Wait for every rank (so none exits while rank 0 is still writing a checkpoint)."""
+        sum_across_ranks(np.zeros(1, np.int64), self.ctx)
 
     def _advance(self) -> None:
         """Move the training position past one global batch (to the next epoch when it is used up)."""

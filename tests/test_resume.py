@@ -42,6 +42,18 @@ def _wait_for_step(out, step, proc, timeout=600):
     pytest.fail(f"step {step} never logged")
 
 
+def _sigterm_during_training(proc, out):
+    """Send SIGTERM once step 2 is logged; returns the process output."""
+    try:
+        _wait_for_step(str(out), 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    return output
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(mindrecord_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("full"))
@@ -68,13 +80,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(uninter
     full, full_log = uninterrupted
     proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for_step(str(tmp_path), 2, proc)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    output = _sigterm_during_training(proc, tmp_path)
     stopped = re.search(r"stopped by SIGTERM after step (\d+); resumable checkpoint (\S+);", output)
     assert stopped, output[-3000:]
     step = int(stopped.group(1))
@@ -106,13 +112,7 @@ def test_two_ranks_preempted_through_run_distribute_resume_identically(mindrecor
 
     out = tmp_path / "preempted"
     job = _distributed(mindrecord_dir, out, tmp_path / "logs_1", "train.checkpoint_interval=100")
-    try:
-        _wait_for_step(str(out), 2, job)
-        job.send_signal(signal.SIGTERM)
-        output, _ = job.communicate(timeout=180)
-    finally:
-        job.kill()
-    assert job.returncode == 128 + signal.SIGTERM, output[-3000:]
+    _sigterm_during_training(job, out)
     for k in range(2):
         assert "stopped by SIGTERM after step" in (tmp_path / "logs_1" / f"rank_{k}.log").read_text()
     saved = sorted(os.listdir(out / "checkpoints"))
