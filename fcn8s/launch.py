@@ -220,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, required=True, help="number of ranks (devices) on this host")
     parser.add_argument("--log-dir", default="logs", help="per-rank logs and working dirs (default ./logs)")
+    add_rank_command_arguments(parser)
+    return parser
+
+
+def add_rank_command_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--module`` and the arguments (after ``--``) every rank runs; shared with the pod entrypoint."""
     parser.add_argument("--module", default="fcn8s.train", help="module each rank runs (default fcn8s.train)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")
-    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -36,7 +36,7 @@ from rank_table.table import COMPLETED, validate_table
 from fcn8s.config import config_from_args
 from fcn8s.distributed import SCHEDULER_CODE, rank_table_path
 from fcn8s.errors import UserError, run_cli
-from fcn8s.launch import RankProcesses, start_workers, supervise_job
+from fcn8s.launch import RankProcesses, add_rank_command_arguments, start_workers, supervise_job
 from fcn8s.logs import setup_logging
 
 LOG = logging.getLogger("fcn8s.cluster.entrypoint")
@@ -189,8 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_SECONDS)),
                         help=f"how long to wait for the rank table ({TIMEOUT_ENV}, default %(default)s)")
     parser.add_argument("--log-dir", help="per-rank logs and working dirs (default RUN.OUTPUT_DIR/logs/POD_NAME)")
-    parser.add_argument("--module", default="fcn8s.train", help="module each rank runs (default fcn8s.train)")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")
+    add_rank_command_arguments(parser)
     return parser
 
 
