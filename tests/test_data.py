@@ -14,7 +14,8 @@ from fcn8s.build_dataset import build
 from fcn8s.config import load_config
 from fcn8s.data.mindrecord import MANIFEST, dataset_files
 from fcn8s.data.normalize import TrainInput
-from fcn8s.data.pipeline import create_train_dataset, iterate_eval_samples
+from fcn8s.data.pipeline import count_samples, create_train_dataset, iterate_eval_samples
+from fcn8s.data.sampling import rank_indices
 from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decode_label, prepare_eval_image, \
     restore_prediction
 from fcn8s.data.voc import read_label_png, voc_palette
@@ -56,13 +57,16 @@ def test_mindrecord_round_trip(voc_tree, mindrecord_dir):
 
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_train_shards_partition_the_split(mindrecord_dir, size):
+    """The rows each rank's reader gets (our positions through MindDataset's SubsetSampler)."""
+    files = dataset_files(mindrecord_dir, "train")
     seen = []
     for rank in range(size):
-        reader = ds.MindDataset(dataset_files(mindrecord_dir, "train"), columns_list=["file_name"], shuffle=True,
-                                num_shards=size, shard_id=rank)
+        indices = rank_indices(count_samples(mindrecord_dir), seed=1, epoch=0, consumed=0, batch_size=2,
+                               rank=rank, num_ranks=size)
+        reader = ds.MindDataset(files, columns_list=["file_name"], sampler=ds.SubsetSampler(indices.tolist()))
         seen.append([str(r["file_name"]) for r in reader.create_dict_iterator(output_numpy=True)])
     flat = [name for part in seen for name in part]
-    assert len(flat) == len(set(flat)) == 24
+    assert len(flat) == len(set(flat)) == 24  # 24 samples: every one read by exactly one rank
 
 
 def test_train_dataset_batches_and_label_values(mindrecord_dir):
