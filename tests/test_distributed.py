@@ -208,6 +208,7 @@ def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
     assert double.returncode == 0, double.stdout[-3000:]
     one, two = (json.load(open(tmp_path / name)) for name in ("one.json", "two.json"))
     assert one["pixels"] == two["pixels"] > 0
+    assert one.pop("plot").endswith("one.class_iou.png") and two.pop("plot").endswith("two.class_iou.png")
     assert one == two
 
 
