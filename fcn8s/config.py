@@ -107,6 +107,20 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Collective-communication time-outs (HCCL on Ascend), exported before communication starts.
+
+    An ``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` already in the environment wins (logged).
+    """
+
+    # Seconds to wait for every rank to connect (HCCL: 120-7200, default 120). Pods see the rank
+    # table and pull images at different times and the first graph compiles for minutes: 600.
+    hccl_connect_timeout: int = field(default=600, metadata=_range(120, 7200))
+    # Seconds one collective may wait for its peers (HCCL: 68-17340, a multiple of 68; default 1800).
+    hccl_exec_timeout: int = field(default=1836, metadata=_range(68, 17340))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole job configuration."""
 
@@ -116,6 +130,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    dist: DistConfig = DistConfig()
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (tuples as lists), suitable for YAML/JSON."""
@@ -204,6 +219,8 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size: must be a multiple of 32, got {data.crop_size}")
     if cfg.eval.image_size % 32:
         raise ConfigError(f"eval.image_size: must be a multiple of 32, got {cfg.eval.image_size}")
+    if cfg.dist.hccl_exec_timeout % 68:
+        raise ConfigError(f"dist.hccl_exec_timeout: must be a multiple of 68 (HCCL), got {cfg.dist.hccl_exec_timeout}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
 

@@ -5,14 +5,19 @@ The only module that reads launcher environment variables. Detected, in this ord
 ============  ==========================================================================
 launcher      environment it reads
 ============  ==========================================================================
+openmpi       ``OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK`` - ``mpirun``; bootstraps the dynamic
+              cluster through mpi4py: rank 0 picks a port, publishes the address of its
+              interface that routes to the other hosts (``MS_SCHED_HOST`` overrides) and starts
+              the scheduler. OpenMPI's variables win over stale ``RANK_TABLE_FILE``/``RANK_ID``.
 msrun         ``MS_ROLE``, ``MS_WORKER_NUM``, ``MS_NODE_ID`` (msrun, MindX DL AscendJob,
-              ``python -m fcn8s.launch`` on CPU) - MindSpore's dynamic cluster
+              ``python -m fcn8s.launch`` on CPU) - MindSpore's dynamic cluster. Without
+              ``MS_NODE_ID``/``RANK_ID`` (msrun without ``--node_rank``) the rank, and without
+              ``DEVICE_ID`` the device (the local rank), are assigned by MindSpore at ``init()``.
 rank_table    ``RANK_TABLE_FILE`` (alias ``MINDSPORE_HCCL_CONFIG_PATH``), ``RANK_ID``,
               ``RANK_SIZE``, ``DEVICE_ID`` - HCCL on Ascend
-openmpi       ``OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK`` - ``mpirun``; bootstraps the dynamic
-              cluster through mpi4py (rank 0 picks a port and starts the scheduler)
 slurm         ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` - ``srun``; scheduler on the
-              first node, port from ``MS_SCHED_PORT`` or derived from ``SLURM_JOB_ID``
+              first node at its ``NodeAddr`` (``scontrol show node``; ``MS_SCHED_HOST``
+              overrides), port from ``MS_SCHED_PORT`` or derived from ``SLURM_JOB_ID``
 standalone    nothing: rank 0 of 1 (``DEVICE_ID`` optional)
 ============  ==========================================================================
 """
@@ -20,30 +25,36 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
-from typing import Mapping, MutableMapping, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Mapping, MutableMapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from fcn8s.errors import UserError
+from fcn8s.hostnet import interface_addresses, reachable_address, resolve_host
 
 LOG = logging.getLogger(__name__)
 SCHEDULER_CODE = "from mindspore.communication import init; init()"
 SLURM_BASE_PORT = 20000
+# Launchers whose MindSpore scheduler is a child of rank 0 (see _bootstrap_dynamic_cluster): nobody
+# checks that workers finalise, so ranks may exit without MindSpore's teardown. Under msrun, the
+# Ascend Operator or fcn8s.launch a scheduler process expects every worker to finalise.
+SELF_BOOTSTRAPPED = ("openmpi", "slurm")
 
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process sits in the job."""
+    """Where this process sits in the job (None: assigned by MindSpore at ``init()``, msrun only)."""
 
-    rank: int = 0
+    rank: Optional[int] = 0
     size: int = 1
-    local_rank: int = 0
-    device_id: int = 0
+    local_rank: Optional[int] = 0
+    device_id: Optional[int] = 0
     launcher: str = "standalone"
 
     @property
@@ -71,46 +82,61 @@ def rank_table_path(env: Mapping[str, str]) -> Optional[str]:
     return env.get("RANK_TABLE_FILE") or env.get("MINDSPORE_HCCL_CONFIG_PATH")
 
 
+STALE_UNDER_SELF_BOOTSTRAP = ("RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "RANK_ID", "RANK_SIZE")
+
+
 def detect_launcher(env: Mapping[str, str] = os.environ) -> str:
     """Name of the launcher that started this process, from its environment."""
+    if "OMPI_COMM_WORLD_RANK" in env:  # mpirun's own variables are never stale
+        return "openmpi"
     if env.get("MS_ROLE"):
         return "msrun"
     if rank_table_path(env) and "RANK_ID" in env:
         return "rank_table"
-    if "OMPI_COMM_WORLD_RANK" in env:
-        return "openmpi"
     if "SLURM_PROCID" in env and _int_env(env, "SLURM_NTASKS", 1) > 1:
         return "slurm"
     return "standalone"
 
 
+def stale_variables(env: Mapping[str, str], launcher: str, rank: int, size: int) -> Tuple[str, ...]:
+    """Rank-table variables left in the environment that contradict mpirun/srun (which win)."""
+    if launcher not in SELF_BOOTSTRAPPED:
+        return ()
+    expected = {"RANK_ID": str(rank), "RANK_SIZE": str(size)}
+    return tuple(name for name in STALE_UNDER_SELF_BOOTSTRAP
+                 if name in env and expected.get(name) != env[name])
+
+
 def planned_context(env: Mapping[str, str] = os.environ) -> DistContext:
     """Rank, size, local rank and device this process should get, checked for contradictions."""
     launcher = detect_launcher(env)
+    device: Optional[int]
     if launcher == "msrun":
         size = _int_env(env, "MS_WORKER_NUM")
-        rank = _int_env(env, "MS_NODE_ID", _int_env(env, "RANK_ID", 0))
-        local = _int_env(env, "DEVICE_ID", rank % _int_env(env, "MS_LOCAL_WORKER", size))
+        rank = _optional_int(env, "MS_NODE_ID") if env.get("MS_NODE_ID") else _optional_int(env, "RANK_ID")
+        # msrun / the Ascend Operator give the local device (or MindSpore assigns the local rank at
+        # init): never derive it from the global rank, which runs past a server's NPUs.
+        device = _optional_int(env, "DEVICE_ID")
+        local = device
     elif launcher == "rank_table":
         rank, size = _int_env(env, "RANK_ID"), _int_env(env, "RANK_SIZE")
-        local = _int_env(env, "DEVICE_ID", rank)
+        local = device = _int_env(env, "DEVICE_ID", rank)
     elif launcher == "openmpi":
         rank, size = _int_env(env, "OMPI_COMM_WORLD_RANK"), _int_env(env, "OMPI_COMM_WORLD_SIZE")
-        local = _int_env(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0)
+        local = device = _int_env(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0)
     elif launcher == "slurm":
         rank, size = _int_env(env, "SLURM_PROCID"), _int_env(env, "SLURM_NTASKS")
-        local = _int_env(env, "SLURM_LOCALID", 0)
+        local = device = _int_env(env, "SLURM_LOCALID", 0)
     else:
         rank, size, local = 0, 1, 0
-    if launcher in ("openmpi", "slurm"):
-        for name, value in (("RANK_SIZE", size), ("RANK_ID", rank)):
-            if name in env and _int_env(env, name) != value:
-                raise UserError(f"{name}={env[name]} contradicts the {launcher} launcher ({name.lower()} {value}); "
-                                f"unset {name} or launch with a matching size")
-    if not 0 <= rank < size:
+        device = _int_env(env, "DEVICE_ID", 0)
+    if rank is not None and not 0 <= rank < size:
         raise UserError(f"{launcher}: rank {rank} is outside 0..{size - 1}")
-    device = _int_env(env, "DEVICE_ID", local) if launcher in ("standalone", "rank_table", "msrun") else local
     return DistContext(rank=rank, size=size, local_rank=local, device_id=device, launcher=launcher)
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    return _int_env(env, name) if env.get(name, "") != "" else None
 
 
 def free_port() -> int:
@@ -152,31 +178,64 @@ def _scheduler_address(ctx: DistContext, env: Mapping[str, str]) -> Tuple[str, i
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
-        address = (env.get("MS_SCHED_HOST", "127.0.0.1"), free_port()) if ctx.rank == 0 else None
+        addresses = comm.allgather(sorted(interface_addresses()))
+        address = None
+        if ctx.rank == 0:  # every rank must reach it: the interface that routes to the other hosts
+            host = env.get("MS_SCHED_HOST") or reachable_address(addresses[0], addresses[1:])
+            address = (host, free_port())
         return comm.bcast(address, root=0)
-    host = env.get("MS_SCHED_HOST") or _slurm_first_host(env)
+    host = env.get("MS_SCHED_HOST") or _slurm_first_node_address(env)
     port = _int_env(env, "MS_SCHED_PORT", SLURM_BASE_PORT + _int_env(env, "SLURM_JOB_ID", 0) % 20000)
     return host, port
 
 
-def _slurm_first_host(env: Mapping[str, str]) -> str:
+def _slurm_first_node_address(env: Mapping[str, str]) -> str:
+    """Address of the job's first node (where task 0 runs the scheduler), as Slurm knows it: NodeAddr."""
     nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodes or _int_env(env, "SLURM_NNODES", 1) == 1:
         return "127.0.0.1"
+    first = _scontrol(["show", "hostnames", nodes], f"the nodes of {nodes!r}").split()[0]
+    shown = _scontrol(["show", "node", first], f"node {first}")
+    match = re.search(r"\bNodeAddr=(\S+)", shown)
+    if not match:
+        raise UserError(f"slurm: `scontrol show node {first}` gives no NodeAddr; set MS_SCHED_HOST to its address")
+    return resolve_host(match[1], f"slurm node {first}: NodeAddr")
+
+
+def _scontrol(args: Sequence[str], what: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise UserError(f"cannot resolve the first Slurm node of {nodes!r} ({err}); set MS_SCHED_HOST") from None
-    return socket.gethostbyname(out.stdout.split()[0])
+        result = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"slurm: cannot ask scontrol for {what} ({err}); set MS_SCHED_HOST") from None
+    if result.returncode != 0:
+        output = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[0]
+        raise UserError(f"slurm: scontrol cannot show {what}: {output}; set MS_SCHED_HOST")
+    return result.stdout
 
 
 def _bootstrap_dynamic_cluster(ctx: DistContext, env: MutableMapping[str, str]) -> None:
     """Turn an mpirun/srun process into a MindSpore dynamic-cluster worker (rank 0 runs the scheduler)."""
+    stale = stale_variables(env, ctx.launcher, int(ctx.rank or 0), ctx.size)
+    if stale:
+        LOG.warning("%s: ignoring %s left in the environment (%s's own rank variables win)", ctx.launcher,
+                    ", ".join(f"{name}={env[name]}" for name in stale), ctx.launcher)
+    for name in STALE_UNDER_SELF_BOOTSTRAP:
+        env.pop(name, None)
     host, port = _scheduler_address(ctx, env)
     if ctx.rank == 0:
         start_scheduler(host, port, ctx.size, env)
-    env.update(worker_env(ctx.rank, ctx.size, host, port))
+    env.update(worker_env(int(ctx.rank or 0), ctx.size, host, port))
+    env.update({"RANK_ID": str(ctx.rank), "RANK_SIZE": str(ctx.size)})
     LOG.info("%s bootstrap: scheduler at %s:%d", ctx.launcher, host, port)
+
+
+def export_hccl_timeouts(connect: int, execute: int, env: MutableMapping[str, str] = os.environ) -> None:
+    """Set HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT (config ``dist.*``) unless the environment has them."""
+    for name, value in (("HCCL_CONNECT_TIMEOUT", connect), ("HCCL_EXEC_TIMEOUT", execute)):
+        if env.get(name) and env[name] != str(value):
+            LOG.info("%s=%s from the environment (config says %d)", name, env[name], value)
+        else:
+            env[name] = str(value)
 
 
 def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
@@ -184,24 +243,19 @@ def init_distributed(env: MutableMapping[str, str] = os.environ) -> DistContext:
     ctx = planned_context(env)
     if not ctx.distributed and ctx.launcher in ("standalone", "openmpi", "slurm"):
         return DistContext(device_id=ctx.device_id, launcher=ctx.launcher)
-    if ctx.launcher in ("openmpi", "slurm"):
+    if ctx.launcher in SELF_BOOTSTRAPPED:
         _bootstrap_dynamic_cluster(ctx, env)
     import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
+    from mindspore.communication import get_group_size, get_local_rank, get_rank, init
 
     init()
     rank, size = get_rank(), get_group_size()
-    if (rank, size) != (ctx.rank, ctx.size):
+    if size != ctx.size or ctx.rank not in (None, rank):
         raise UserError(f"{ctx.launcher}: communication reports rank {rank} of {size}, the launcher "
                         f"environment says {ctx.rank} of {ctx.size}")
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=size)
-    return ctx
-
-
-# Launchers whose MindSpore scheduler is a child of rank 0 (see _bootstrap_dynamic_cluster): nobody
-# checks that workers finalise, so ranks may exit without MindSpore's teardown. Under msrun, the
-# Ascend Operator or fcn8s.launch a scheduler process expects every worker to finalise.
-SELF_BOOTSTRAPPED = ("openmpi", "slurm")
+    local = ctx.local_rank if ctx.local_rank is not None else get_local_rank()
+    return replace(ctx, rank=rank, local_rank=local, device_id=local if ctx.device_id is None else ctx.device_id)
 
 
 def finalize_mpi() -> None:

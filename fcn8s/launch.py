@@ -1,18 +1,30 @@
-"""Start one training process per device on this host and supervise them.
+"""Start this server's training processes (one per device) and supervise them.
 
     python -m fcn8s.launch --nproc 8 -- --config configs/voc_fcn8s.yaml data.mindrecord_dir=/data/voc_mr
+    # two servers, 8 ranks each (run on both; K = 0 on the first, 1 on the second):
+    python -m fcn8s.launch --nproc 8 --nnodes 2 --node-rank K --master-addr 10.0.0.1 -- --config ...
 
-On an Ascend host (``/dev/davinci*`` or ``npu-smi``) each rank gets ``DEVICE_ID``, ``RANK_ID``,
-``RANK_SIZE`` and ``RANK_TABLE_FILE`` (the one in the environment, else one generated for the
-visible devices from ``/etc/hccn.conf``, the file named by ``HCCN_CONF``, or ``hccn_tool``).
-Elsewhere the ranks are CPU workers of MindSpore's dynamic cluster (a scheduler process plus
-``MS_ROLE``/``MS_NODE_ID`` per worker). Each rank logs to ``LOG_DIR/rank_K.log`` and
-runs in ``LOG_DIR/rank_K/`` (MindSpore's per-process dumps land there). If any rank fails, the
-others are stopped and the launcher exits with that rank's code; SIGINT/SIGTERM are forwarded.
+Which ranks run here (see fcn8s/placement.py):
+* Ascend host with RANK_TABLE_FILE: this server's entry of the (merged) table decides the ranks,
+  the world size and the NPUs (found by SERVER_ID or this host's addresses); --nnodes /
+  --node-rank, when given, must agree with it.
+* Ascend host, one server, no table: a table is generated for the first N visible NPUs (from
+  /etc/hccn.conf, HCCN_CONF or hccn_tool).
+* Otherwise (CPU, or Ascend without a table): MindSpore's dynamic cluster; global rank =
+  node_rank x nproc + local rank; node 0 runs the scheduler on MASTER_ADDR:MASTER_PORT+1.
+DEVICE_ID is always the logical NPU id (position among ASCEND_RT_VISIBLE_DEVICES /
+ASCEND_VISIBLE_DEVICES / /dev/davinciN), rank tables carry physical ids.
+
+With --nnodes > 1 the launchers meet on MASTER_ADDR:MASTER_PORT (node 0 listens), refuse
+contradicting shapes, and watch each other: a failed rank or a lost node stops every node
+(exit code of the failed rank; 1 for a lost node). Each rank logs to LOG_DIR/rank_K.log and runs
+in LOG_DIR/rank_K/. SIGINT/SIGTERM are forwarded (ranks checkpoint and exit 128+signal).
+--dry-run prints this server's plan as JSON and starts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -20,14 +32,19 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
-from rank_table import RankTableError, devices
+from rank_table import RankTableError
+from rank_table.table import validate_table
 
 from fcn8s.config import LAUNCH_DIR_ENV
-from fcn8s.distributed import free_port, rank_table_path, start_scheduler, worker_env
+from fcn8s.distributed import free_port, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
+from fcn8s.hostnet import LOOPBACK, interface_addresses, local_addresses, resolve_host
 from fcn8s.logs import setup_logging
+from fcn8s.placement import NodePlan, dynamic_cluster_plan, find_server, rank_table_plan, visible_npus
+from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict
 
 LOG = logging.getLogger("fcn8s.launch")
 STOP_GRACE_SECONDS = 10.0
@@ -38,21 +55,24 @@ POLL_SECONDS = 0.5
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def ascend_devices() -> List[int]:
-    """Visible NPU ids: ASCEND_VISIBLE_DEVICES if set (any rank_table device spec), else /dev/davinciN."""
-    try:
-        visible = devices.visible_devices(os.environ)
-        if visible is not None:
-            return visible
-        return devices.list_dev_nodes()
-    except RankTableError as err:
-        if os.environ.get(devices.VISIBLE_ENV):
-            raise UserError(str(err)) from None
-        return []  # no /dev/davinciN: not an Ascend host
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_RENDEZVOUS_TIMEOUT = 600.0
 
 
-def on_ascend_host() -> bool:
-    return bool(ascend_devices()) or shutil.which("npu-smi") is not None
+@dataclass(frozen=True)
+class NodeOptions:
+    """What the user said about this server's place in the job (None: not given)."""
+
+    nproc: int
+    nnodes: Optional[int] = None
+    node_rank: Optional[int] = None
+    master_addr: str = LOOPBACK
+    master_port: Optional[int] = None
+    rendezvous_timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT
+
+
+def on_ascend_host(npus: Sequence[int]) -> bool:
+    return bool(npus) or shutil.which("npu-smi") is not None
 
 
 class RankProcesses:
@@ -84,22 +104,9 @@ class RankProcesses:
             proc.wait()
 
 
-def rank_envs(nproc: int, log_dir: str) -> List[Dict[str, str]]:
-    """Environment additions for each rank (Ascend rank table or CPU dynamic cluster)."""
-    if on_ascend_host():
-        devices = ascend_devices()
-        if nproc > len(devices):
-            raise UserError(f"--nproc {nproc} is more than the {len(devices)} visible NPU(s) {devices}")
-        table = rank_table_path(os.environ) or generate_rank_table(devices[:nproc], log_dir)
-        return [{"DEVICE_ID": str(devices[k]), "RANK_ID": str(k), "RANK_SIZE": str(nproc),
-                 "RANK_TABLE_FILE": os.path.abspath(table)} for k in range(nproc)]
-    port = free_port()
-    return [{**worker_env(k, nproc, "127.0.0.1", port), "RANK_ID": str(k), "RANK_SIZE": str(nproc),
-             "DEVICE_ID": str(k)} for k in range(nproc)]
-
-
 def generate_rank_table(devices: Sequence[int], log_dir: str) -> str:
     """Write an HCCL rank table for this server's ``devices`` with ``python -m rank_table``."""
+    os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, "rank_table.json")
     command = [sys.executable, "-m", "rank_table", "generate", "--devices", ",".join(map(str, devices)), "-o", path]
     if os.environ.get("HCCN_CONF"):
@@ -110,15 +117,92 @@ def generate_rank_table(devices: Sequence[int], log_dir: str) -> str:
     return path
 
 
-def start_ranks(nproc: int, command: Sequence[str], log_dir: str) -> RankProcesses:
-    """Start all ranks (and the CPU scheduler); returns the supervised process set."""
+def read_rank_table(path: str) -> Dict:
+    """The validated rank table at ``path`` (a UserError naming the file otherwise)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            table = json.load(handle)
+        validate_table(table)
+    except (OSError, ValueError) as err:
+        raise UserError(f"rank table {path}: {err}") from None
+    except RankTableError as err:
+        raise UserError(f"rank table {path}: {err}") from None
+    return table
+
+
+def plan_from_rank_table(args: NodeOptions, path: str, npus: Sequence[int],
+                         env: Mapping[str, str]) -> NodePlan:
+    """This server's ranks from its entry in the rank table at ``path``, checked against the arguments."""
+    table = read_rank_table(path)
+    addresses = local_addresses()
+    plan = rank_table_plan(table, find_server(table, {"pod": addresses, "host": addresses}, env, npus), path, npus)
+    where = f"rank table {path} (server {plan.server})"
+    if args.nproc != len(plan.ranks):
+        raise UserError(f"{where} lists {len(plan.ranks)} device(s) for this server, but N (--nproc) is {args.nproc}")
+    for option, given, actual in (("NNODES (--nnodes)", args.nnodes, plan.nnodes),
+                                  ("NODE_RANK (--node-rank)", args.node_rank, plan.node_rank)):
+        if given is not None and given != actual:
+            raise UserError(f"{option} is {given} but {where} makes it {actual}")
+    return plan
+
+
+def plan_node(args: NodeOptions, log_dir: str, env: Mapping[str, str]) -> NodePlan:
+    """This server's ranks: from the rank table on Ascend, else the dynamic cluster (see module doc)."""
+    npus = visible_npus(env)
+    nnodes = args.nnodes or 1
+    table = rank_table_path(env)
+    if on_ascend_host(npus) and table:
+        return plan_from_rank_table(args, table, npus, env)
+    node_rank = args.node_rank or 0
+    if not 0 <= node_rank < nnodes:
+        raise UserError(f"NODE_RANK (--node-rank) {node_rank} must be in 0..{nnodes - 1} for NNODES={nnodes}")
+    if npus and args.nproc > len(npus):
+        raise UserError(f"--nproc {args.nproc} is more than the {len(npus)} visible NPU(s) {list(npus)}")
+    if on_ascend_host(npus) and nnodes == 1:
+        path = generate_rank_table(npus[:args.nproc], log_dir)
+        return rank_table_plan(read_rank_table(path), 0, path, npus)
+    if nnodes == 1:
+        return dynamic_cluster_plan(args.nproc, 1, 0, LOOPBACK, args.master_port or free_port())
+    master = resolve_host(args.master_addr, "MASTER_ADDR (--master-addr)")
+    if master.startswith("127."):
+        raise UserError(f"MASTER_ADDR (--master-addr) {args.master_addr} is a loopback address: with NNODES={nnodes} "
+                        "give server 0's address that the other servers reach")
+    return dynamic_cluster_plan(args.nproc, nnodes, node_rank, master, args.master_port + 1)
+
+
+def master_address(plan: NodePlan, table_path: Optional[str], args: NodeOptions) -> str:
+    """Where node 0's launcher listens: --master-addr, else (rank table) the first server's address."""
+    if plan.source == "dynamic_cluster":
+        return plan.server
+    if args.master_addr != LOOPBACK:
+        return resolve_host(args.master_addr, "MASTER_ADDR (--master-addr)")
+    first = read_rank_table(str(table_path))["server_list"][0]
+    return first.get("host_ip") or first["server_id"]
+
+
+def join_peers(plan: NodePlan, args: NodeOptions) -> Union[Coordinator, Member, None]:
+    """Meet the other servers' launchers (nothing to do on a single server)."""
+    if plan.nnodes == 1:
+        return None
+    master = master_address(plan, rank_table_path(os.environ), args)
+    mine = sorted(interface_addresses()) or [LOOPBACK]
+    host = master if plan.node_rank == 0 else mine[0]
+    me = NodeInfo(node_rank=plan.node_rank, nnodes=plan.nnodes, world_size=plan.world_size,
+                  ranks=[r.rank for r in plan.ranks], host=host, source=plan.source)
+    port = args.master_port or DEFAULT_MASTER_PORT
+    if plan.node_rank == 0:
+        return Coordinator(me, port, args.rendezvous_timeout)
+    return Member(me, master, port, args.rendezvous_timeout)
+
+
+def start_plan(plan: NodePlan, command: Sequence[str], log_dir: str) -> RankProcesses:
+    """Start this node's scheduler (dynamic cluster, node 0) and ranks."""
     os.makedirs(log_dir, exist_ok=True)
-    envs = rank_envs(nproc, log_dir)
     procs = RankProcesses()
-    if "MS_SCHED_PORT" in envs[0]:
-        procs.scheduler = start_scheduler(envs[0]["MS_SCHED_HOST"], int(envs[0]["MS_SCHED_PORT"]), nproc,
+    if plan.scheduler:
+        procs.scheduler = start_scheduler(plan.scheduler["host"], plan.scheduler["port"], plan.world_size,
                                           rank_base_env(), os.path.join(log_dir, "scheduler.log"))
-    start_workers(procs, dict(enumerate(envs)), command, log_dir)
+    start_workers(procs, {r.rank: r.env for r in plan.ranks}, command, log_dir)
     return procs
 
 
@@ -169,8 +253,8 @@ def signal_grace_seconds() -> float:
         raise UserError(f"{SIGNAL_GRACE_ENV} must be a number of seconds") from None
 
 
-def supervise(procs: RankProcesses, tail: LogTail) -> int:
-    """Wait for all ranks; on the first failure stop the rest and return its exit code.
+def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None] = None) -> int:
+    """Wait for all ranks; on the first failure (here or, via ``peers``, on another node) stop them all.
 
     SIGINT/SIGTERM go to the workers only, which stop after their current step (rank 0 saving a
     checkpoint); the scheduler and stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS
@@ -187,39 +271,81 @@ def supervise(procs: RankProcesses, tail: LogTail) -> int:
     try:
         while True:
             tail.pump()
+            verdict = peers.poll() if peers else None
+            if verdict:
+                LOG.error("%s; stopping this node's ranks", verdict.message)
+                peers.report_failure(verdict)  # node 0 relays it to the other nodes
+                return stop_with(procs, tail, verdict.code)
             codes = {rank: p.poll() for rank, p in procs.workers.items()}
             failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
-            if failed or received:
-                if failed:
-                    rank, code = failed[0]
-                    LOG.error("rank %d exited with code %d; stopping the other ranks", rank, code)
-                    code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
-                else:
-                    code = 128 + received[0]
-                    LOG.error("received signal %d; stopping all ranks", received[0])
-                    deadline = time.monotonic() + grace
-                    while len(received) == 1 and time.monotonic() < deadline and \
-                            any(p.poll() is None for p in procs.workers.values()):
-                        tail.pump()
-                        time.sleep(POLL_SECONDS)
-                procs.stop()
-                tail.pump()
-                return code
+            if failed:
+                rank, code = failed[0]
+                LOG.error("rank %d exited with code %d; stopping the other ranks", rank, code)
+                code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
+                if peers:
+                    peers.report_failure(Verdict(code, f"rank {rank} exited with code {code}"))
+                return stop_with(procs, tail, code)
+            if received:
+                LOG.error("received signal %d; stopping all ranks", received[0])
+                deadline = time.monotonic() + grace
+                while len(received) == 1 and time.monotonic() < deadline and \
+                        any(p.poll() is None for p in procs.workers.values()):
+                    tail.pump()
+                    time.sleep(POLL_SECONDS)
+                return stop_with(procs, tail, 128 + received[0])
             if all(code == 0 for code in codes.values()):
-                procs.stop()  # the scheduler, if it has not exited yet
-                tail.pump()
-                return 0
+                verdict = peers.finish() if peers else None
+                if verdict:
+                    LOG.error("%s", verdict.message)
+                return stop_with(procs, tail, verdict.code if verdict else 0)  # the scheduler, if still up
             time.sleep(POLL_SECONDS)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
+def stop_with(procs: RankProcesses, tail: LogTail, code: int) -> int:
+    """Stop what is left of this node's processes, show the last log lines, return ``code``."""
+    procs.stop()
+    tail.pump()
+    return code
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1024 <= int(text) <= 65534:
+        raise argparse.ArgumentTypeError(f"expected a port number 1024..65534, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nproc", type=int, required=True, help="number of ranks (devices) on this host")
+    parser.add_argument("--nproc", type=int, required=True, help="number of ranks (devices) on this server")
+    parser.add_argument("--nnodes", type=int, help="number of servers in the job (NNODES; default 1, or the "
+                                                   "rank table's server count)")
+    parser.add_argument("--node-rank", type=int, help="this server's index 0..nnodes-1 (NODE_RANK; default 0, or "
+                                                      "its position in the rank table)")
+    parser.add_argument("--master-addr", default=LOOPBACK,
+                        help="server 0's address, reachable from every server (MASTER_ADDR; default %(default)s; "
+                             "with a rank table: its first server)")
+    parser.add_argument("--master-port", type=_port, default=None,
+                        help=f"node 0's rendezvous port; the CPU scheduler uses the next one (MASTER_PORT; default "
+                             f"{DEFAULT_MASTER_PORT} with --nnodes > 1, a free port on one server)")
+    parser.add_argument("--rendezvous-timeout", type=_positive, default=DEFAULT_RENDEZVOUS_TIMEOUT, metavar="SECONDS",
+                        help="how long servers wait for each other at start (default %(default)s)")
     parser.add_argument("--log-dir", default="logs", help="per-rank logs and working dirs (default ./logs)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print this server's plan (ranks, devices, environment) as JSON and start nothing")
     add_rank_command_arguments(parser)
     return parser
 
@@ -235,15 +361,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     if args.nproc <= 0:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nnodes is not None and args.nnodes <= 0:
+        raise UserError(f"NNODES (--nnodes) must be >= 1, got {args.nnodes}")
+    default_port = DEFAULT_MASTER_PORT if (args.nnodes or 1) > 1 else None
+    options = NodeOptions(nproc=args.nproc, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                          master_port=args.master_port or default_port, rendezvous_timeout=args.rendezvous_timeout)
     module_args = args.args[1:] if args.args[:1] == ["--"] else args.args
     log_dir = os.path.abspath(args.log_dir)
-    procs = start_ranks(args.nproc, [sys.executable, "-m", args.module, *module_args], log_dir)
-    return supervise_job(procs, log_dir)
+    plan = plan_node(options, log_dir, os.environ)
+    if args.dry_run:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    peers = join_peers(plan, options)
+    try:
+        procs = start_plan(plan, [sys.executable, "-m", args.module, *module_args], log_dir)
+        return supervise_job(procs, log_dir, peers)
+    finally:
+        if peers:
+            peers.close()
 
 
-def supervise_job(procs: RankProcesses, log_dir: str) -> int:
+def supervise_job(procs: RankProcesses, log_dir: str, peers: Union[Coordinator, Member, None] = None) -> int:
     """Supervise started ranks, showing the lowest rank's log; returns the job's exit code."""
-    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")))
+    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")), peers)
     LOG.info("job %s (exit code %d); logs: %s", "finished" if code == 0 else "FAILED", code, log_dir)
     return code
 

@@ -7,7 +7,7 @@ import logging
 import mindspore as ms
 
 from fcn8s.config import Config
-from fcn8s.distributed import DistContext, init_distributed, planned_context
+from fcn8s.distributed import DistContext, export_hccl_timeouts, init_distributed, planned_context
 from fcn8s.logs import setup_logging
 
 LOG = logging.getLogger(__name__)
@@ -27,7 +27,13 @@ def start(cfg: Config) -> DistContext:
     mode = ms.GRAPH_MODE if cfg.run.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
     planned = planned_context()
-    ms.set_device(device_target, planned.device_id if device_target != "CPU" else 0)
+    if device_target == "CPU":
+        ms.set_device(device_target, 0)
+    elif planned.device_id is None:
+        ms.set_device(device_target)  # msrun without DEVICE_ID: MindSpore uses the local rank
+    else:
+        ms.set_device(device_target, planned.device_id)
+    export_hccl_timeouts(cfg.dist.hccl_connect_timeout, cfg.dist.hccl_exec_timeout)
     ctx = init_distributed()
     # The same seed on every rank gives identical initial weights (parameters are not broadcast).
     ms.set_seed(cfg.train.seed)

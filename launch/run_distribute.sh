@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Data-parallel training on this host: one process per NPU (Ascend) or CPU worker.
+# Data-parallel training: one process per NPU (Ascend) or CPU worker on this server.
 # Usage: bash launch/run_distribute.sh N [CONFIG] [KEY=VALUE ...]
-#   N        number of ranks (<= visible NPUs on an Ascend host)
+#   N        number of ranks on this server (<= visible NPUs on an Ascend host)
 #   CONFIG   YAML config (default configs/voc_fcn8s.yaml)
-# Env: RANK_TABLE_FILE (use this rank table instead of generating one), LOG_DIR (default ./logs),
-#      PYTHON (default .venv/bin/python if present, else python3).
+# Multi-server: run the same command on every server with NNODES (default 1), NODE_RANK (0..NNODES-1),
+#   MASTER_ADDR (server 0's address, default 127.0.0.1), MASTER_PORT (default 29500; +1 is used too).
+# Env: RANK_TABLE_FILE (merged table: this server's entry decides ranks and NPUs; SERVER_ID picks the
+#      entry), LOG_DIR (default ./logs), PYTHON (default .venv/bin/python if present, else python3),
+#      DRY_RUN=1 (print this server's ranks, devices and environment as JSON; start nothing).
+#      Details: python -m fcn8s.launch --help, docs/distributed.md.
 set -euo pipefail
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
   usage
@@ -26,6 +30,12 @@ fi
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
 LOG_DIR="${LOG_DIR:-logs}"
+NODE_ARGS=()
+[[ -n "${NNODES:-}" ]] && NODE_ARGS+=(--nnodes "${NNODES}")
+[[ -n "${NODE_RANK:-}" ]] && NODE_ARGS+=(--node-rank "${NODE_RANK}")
+[[ -n "${MASTER_ADDR:-}" ]] && NODE_ARGS+=(--master-addr "${MASTER_ADDR}")
+[[ -n "${MASTER_PORT:-}" ]] && NODE_ARGS+=(--master-port "${MASTER_PORT}")
+[[ "${DRY_RUN:-0}" == 1 ]] && NODE_ARGS+=(--dry-run)
 
-exec "${PYTHON}" -m fcn8s.launch --nproc "${NPROC}" \
+exec "${PYTHON}" -m fcn8s.launch --nproc "${NPROC}" "${NODE_ARGS[@]}" \
   --log-dir "${LOG_DIR}" -- --config "${CONFIG}" "${@:3}"

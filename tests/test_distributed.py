@@ -19,8 +19,14 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 @pytest.mark.parametrize("env, expected", [
     ({}, DistContext()),
     ({"DEVICE_ID": "3"}, DistContext(device_id=3)),
-    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "4", "MS_NODE_ID": "2", "DEVICE_ID": "2"},
-     DistContext(rank=2, size=4, local_rank=2, device_id=2, launcher="msrun")),
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "4", "MS_NODE_ID": "2", "DEVICE_ID": "0"},
+     DistContext(rank=2, size=4, local_rank=0, device_id=0, launcher="msrun")),
+    # msrun on server 2 of 2 without DEVICE_ID: MindSpore assigns the local device, never rank 6
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8", "MS_NODE_ID": "6", "MS_SCHED_HOST": "10.0.0.1"},
+     DistContext(rank=6, size=8, local_rank=None, device_id=None, launcher="msrun")),
+    # msrun without --node_rank on several servers: the rank too is assigned at init()
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8", "DEVICE_ID": "3"},
+     DistContext(rank=None, size=8, local_rank=3, device_id=3, launcher="msrun")),
     ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "9", "RANK_SIZE": "16", "DEVICE_ID": "1"},
      DistContext(rank=9, size=16, local_rank=1, device_id=1, launcher="rank_table")),
     ({"MINDSPORE_HCCL_CONFIG_PATH": "/t.json", "RANK_ID": "0", "RANK_SIZE": "8"},
@@ -30,15 +36,27 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     ({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "3"},
      DistContext(rank=3, size=4, local_rank=3, device_id=3, launcher="slurm")),
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, DistContext()),  # an sbatch shell, not srun tasks
+    # mpirun started from a shell with a stale rank table and RANK_ID: OpenMPI's variables win
+    ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+      "RANK_TABLE_FILE": "/old/hccl_8p.json", "RANK_ID": "0", "RANK_SIZE": "8"},
+     DistContext(rank=3, size=4, local_rank=1, device_id=1, launcher="openmpi")),
 ])
 def test_launcher_detection(env, expected):
     assert planned_context(env) == expected
     assert detect_launcher(env) == expected.launcher
 
 
+def test_stale_rank_variables_under_mpirun_and_srun_are_named_and_dropped(caplog):
+    from fcn8s.distributed import stale_variables
+
+    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "RANK_TABLE_FILE": "/t.json", "RANK_ID": "0",
+           "RANK_SIZE": "2"}
+    assert stale_variables(env, "openmpi", 1, 2) == ("RANK_TABLE_FILE", "RANK_ID")
+    assert stale_variables({"SLURM_PROCID": "1", "RANK_ID": "1"}, "slurm", 1, 2) == ()
+    assert stale_variables({"RANK_ID": "5"}, "rank_table", 1, 2) == ()
+
+
 @pytest.mark.parametrize("env, message", [
-    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2", "RANK_SIZE": "8"}, "RANK_SIZE=8 contradicts"),
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK_ID": "0"}, "RANK_ID=0 contradicts"),
     ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "8", "RANK_SIZE": "8"}, "rank 8 is outside 0..7"),
     ({"RANK_TABLE_FILE": "/t.json", "RANK_ID": "0"}, "RANK_SIZE is required"),
     ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "two"}, "MS_WORKER_NUM='two' is not an integer"),
@@ -252,7 +270,7 @@ def test_ascend_path_generates_a_rank_table_and_sets_rank_env(tmp_path):
     devices = table["server_list"][0]["device"]
     assert [(d["device_id"], d["device_ip"], d["rank_id"]) for d in devices] == [
         ("4", "192.168.100.105", "0"), ("5", "192.168.100.106", "1")]
-    for rank, device in ((0, "4"), (1, "5")):
+    for rank, device in ((0, "0"), (1, "1")):  # logical ids: the process sees NPUs 4, 5, 6 as 0, 1, 2
         report = json.load(open(reports / f"rank{rank}.json"))
         assert report["DEVICE_ID"] == device and report["RANK_ID"] == str(rank) and report["RANK_SIZE"] == "2"
         assert report["RANK_TABLE_FILE"] == table_path and report["MS_ROLE"] is None

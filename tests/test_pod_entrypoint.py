@@ -7,15 +7,17 @@ import time
 
 import pytest
 
-from fcn8s.cluster.entrypoint import ascendjob_envs, default_log_dir, find_server, rank_table_envs
+from fcn8s.cluster.entrypoint import ascendjob_envs, default_log_dir, rank_table_envs
 from fcn8s.distributed import free_port
 from fcn8s.errors import UserError
+from fcn8s.placement import find_server
 from tests.conftest import REPO
 
 ENTRYPOINT = os.path.join(REPO, "launch", "pod_entrypoint.sh")
 POD_ENV_KEYS = ("RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "RANK_ID", "RANK_SIZE", "DEVICE_ID", "MS_ROLE",
                 "MS_NODE_ID", "MS_WORKER_NUM", "MS_LOCAL_WORKER", "MS_NODE_RANK", "MS_SCHED_HOST", "MS_SCHED_PORT",
-                "XDL_IP", "POD_IP", "FCN8S_RANK_TABLE_TIMEOUT")
+                "XDL_IP", "POD_IP", "FCN8S_RANK_TABLE_TIMEOUT", "NPU_POD", "ASCEND_VISIBLE_DEVICES",
+                "ASCEND_RT_VISIBLE_DEVICES", "SERVER_ID")
 
 
 def server(ip, devices, first_rank, **extra):
@@ -91,16 +93,30 @@ def test_rank_table_that_never_completes_times_out_with_a_clear_message(tmp_path
     assert not reports_of(reports) and not logs.exists()
 
 
-def test_missing_rank_table_times_out_naming_the_default_path(tmp_path):
-    proc, _, _ = start_pod(tmp_path, {"XDL_IP": "10.0.0.2"}, "--rank-table-timeout", "0.5")
+def test_a_configured_but_missing_rank_table_times_out_naming_it(tmp_path):
+    path = tmp_path / "not-mounted" / "hccl.json"
+    proc, _, _ = start_pod(tmp_path, {"RANK_TABLE_FILE": str(path), "XDL_IP": "10.0.0.2"}, "--rank-table-timeout", "0.5")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "error: rank table /user/serverid/devindex/config/hccl.json is still 'missing'" in err
+    assert f"error: rank table {path} is still 'missing'" in err
+
+
+def test_without_rank_table_or_operator_variables_a_single_server_job_starts_at_once(tmp_path):
+    """`docker run` of the image on one server: no Volcano table mounted, no AscendJob variables."""
+    assert not os.path.exists("/user/serverid/devindex/config/hccl.json")
+    started = time.monotonic()
+    proc, reports, _ = start_pod(tmp_path, {"XDL_IP": "10.0.0.2"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - started < 60 and "waiting" not in err
+    assert "single-server job on 1 CPU rank" in err
+    found = reports_of(reports)
+    assert sorted(found) == [0] and found[0]["RANK_SIZE"] == "1" and found[0]["MS_WORKER_NUM"] == "1"
 
 
 @pytest.mark.parametrize("env, broken, message", [
     ({"XDL_IP": "10.9.9.9", "POD_IP": "172.16.0.9"}, None,
-     "no server entry in the rank table matches this pod (10.9.9.9, 172.16.0.9); servers: 10.0.0.1, 10.0.0.2"),
+     "no server entry in the rank table matches this server (10.9.9.9, 172.16.0.9); servers: 10.0.0.1, 10.0.0.2"),
     ({"XDL_IP": "10.0.0.2"}, "rank", "rank table {path}: duplicate rank_id '1'"),
 ])
 def test_unusable_rank_table_is_a_one_line_error(tmp_path, env, broken, message):
@@ -136,13 +152,13 @@ def test_ascend_operator_table_is_matched_by_container_ip():
     data = table(server("node-a", [0, 1], 0, host_ip="10.0.0.1", container_ip="172.16.0.5"),
                  server("node-a", [2, 3], 2, host_ip="10.0.0.1", container_ip="172.16.0.6"))
     data["server_list"][1]["server_id"] = "node-a-2"
-    mine = find_server(data, {"pod": {"172.16.0.6"}, "host": {"10.0.0.1"}})
-    assert mine["container_ip"] == "172.16.0.6"
-    assert rank_table_envs(data, mine, "/t/hccl.json") == {
+    assert find_server(data, {"pod": {"172.16.0.6"}, "host": {"10.0.0.1"}}, {}, []) == 1
+    pod = {"POD_IP": "172.16.0.6", "XDL_IP": "10.0.0.1", "ASCEND_VISIBLE_DEVICES": "2,3"}
+    assert rank_table_envs(data, pod, "/t/hccl.json") == {
         2: {"DEVICE_ID": "0", "RANK_ID": "2", "RANK_SIZE": "4", "RANK_TABLE_FILE": "/t/hccl.json"},
         3: {"DEVICE_ID": "1", "RANK_ID": "3", "RANK_SIZE": "4", "RANK_TABLE_FILE": "/t/hccl.json"}}
     with pytest.raises(UserError, match="no server entry"):
-        find_server(data, {"pod": {"172.16.0.7"}, "host": {"10.0.0.1"}})
+        find_server(data, {"pod": {"172.16.0.7"}, "host": {"10.0.0.1"}}, {}, [])
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -193,12 +209,21 @@ def test_logs_default_to_the_output_dir_of_the_training_config(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_ascendjob_scheduler_and_worker_pods_form_a_real_mindspore_cluster(tmp_path):
-    """One scheduler pod + two worker pods (1 CPU worker each): MindSpore init and an AllReduce across pods."""
+@pytest.mark.parametrize("scheduler_holds_npus", [False, True])
+def test_ascendjob_scheduler_and_worker_pods_form_a_real_mindspore_cluster(tmp_path, scheduler_holds_npus):
+    """Scheduler pod + worker pods (1 CPU worker each): MindSpore init and an AllReduce across pods.
+
+    When the Scheduler replica holds NPUs the operator sets NPU_POD=true on it, numbers the worker
+    pods from MS_NODE_RANK=1 and counts the scheduler's chips in MS_WORKER_NUM: the scheduler pod
+    then runs rank 0 itself.
+    """
     common = {"MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": str(free_port()), "MS_WORKER_NUM": "2",
               "MS_LOCAL_WORKER": "1"}
-    pods = [start_pod(tmp_path / "sched", {**common, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0"})]
-    for node in (0, 1):
+    scheduler = {**common, "MS_ROLE": "MS_SCHED", "MS_NODE_RANK": "0", "NPU_POD": str(scheduler_holds_npus).lower()}
+    worker_pods = (1,) if scheduler_holds_npus else (0, 1)
+    pods = [start_pod(tmp_path / "pod0" if scheduler_holds_npus else tmp_path / "sched", scheduler,
+                      module="tests.cluster_allreduce_worker")]
+    for node in worker_pods:
         pods.append(start_pod(tmp_path / f"pod{node}", {**common, "MS_ROLE": "MS_WORKER", "MS_NODE_RANK": str(node)},
                               module="tests.cluster_allreduce_worker"))
     try:

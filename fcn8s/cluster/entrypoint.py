@@ -3,15 +3,21 @@
     python -m fcn8s.cluster.entrypoint [--log-dir DIR] [--module M] -- --config C [KEY=VALUE ...]
 
 MindX DL AscendJob (``MS_ROLE`` set by the Ascend Operator):
-  MS_SCHED   run MindSpore's dynamic-cluster scheduler (this process becomes it).
+  MS_SCHED   run MindSpore's dynamic-cluster scheduler (this process becomes it). If the
+             Scheduler replica holds NPUs (``NPU_POD=true``) it also starts its MS_LOCAL_WORKER
+             ranks 0..n-1: the operator then numbers worker pods from MS_NODE_RANK=1 and counts
+             the scheduler's chips in MS_WORKER_NUM.
   MS_WORKER  start MS_LOCAL_WORKER ranks; rank i gets DEVICE_ID=i and
              MS_NODE_ID = RANK_ID = MS_NODE_RANK * MS_LOCAL_WORKER + i (of MS_WORKER_NUM).
 Volcano Job + Ascend device plugin (no ``MS_ROLE``):
   wait until RANK_TABLE_FILE (default /user/serverid/devindex/config/hccl.json) says "completed"
   (at most --rank-table-timeout / FCN8S_RANK_TABLE_TIMEOUT seconds), validate it, find this pod's
-  server (container_ip = POD_IP, else server_id/host_ip = XDL_IP, else this host's addresses) and
-  start one rank per device: DEVICE_ID = the device's position among this server's device_ids
-  (0..n-1: the logical id inside the container), RANK_ID = its rank_id, RANK_SIZE, RANK_TABLE_FILE.
+  server (container_ip = POD_IP, else server_id/host_ip = XDL_IP, else this host's addresses;
+  pods sharing a node by their NPUs) and start one rank per device with the table's rank_id and
+  the logical DEVICE_ID (fcn8s/placement.py, shared with fcn8s.launch).
+Neither (e.g. ``docker run`` of the image on one server): RANK_TABLE_FILE unset and no table
+  mounted at the default path -> a single-server job on all visible NPUs (1 rank without NPUs),
+  exactly as ``python -m fcn8s.launch --nproc N``.
 
 Ranks log to LOG_DIR/rank_K.log (default RUN.OUTPUT_DIR/logs/POD_NAME); the lowest rank's log is
 shown on stdout. If a rank fails the others are stopped and the pod exits with its code;
@@ -30,14 +36,16 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 from rank_table import RankTableError
-from rank_table.devices import host_ip
 from rank_table.table import COMPLETED, validate_table
 
 from fcn8s.config import config_from_args
-from fcn8s.distributed import SCHEDULER_CODE, rank_table_path
+from fcn8s.distributed import SCHEDULER_CODE, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
-from fcn8s.launch import RankProcesses, add_rank_command_arguments, start_workers, supervise_job
+from fcn8s.hostnet import local_addresses
+from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, plan_node, rank_base_env,
+                          start_workers, supervise_job)
 from fcn8s.logs import setup_logging
+from fcn8s.placement import find_server, rank_table_plan, visible_npus
 
 LOG = logging.getLogger("fcn8s.cluster.entrypoint")
 DEFAULT_RANK_TABLE = "/user/serverid/devindex/config/hccl.json"
@@ -103,40 +111,18 @@ def wait_for_rank_table(path: str, timeout: float) -> Dict[str, Any]:
 
 def pod_addresses(env: Mapping[str, str]) -> Dict[str, Set[str]]:
     """This pod's IPs ('pod') and its node's IPs ('host'): POD_IP / XDL_IP, else this host's addresses."""
-    local: Set[str] = {host_ip()}
-    try:
-        local.update(socket.gethostbyname_ex(socket.gethostname())[2])
-    except OSError:
-        pass
+    local = local_addresses()
     return {"pod": {env["POD_IP"]} if env.get("POD_IP") else local,
             "host": {env["XDL_IP"]} if env.get("XDL_IP") else local}
 
 
-def find_server(table: Mapping[str, Any], addresses: Mapping[str, Set[str]]) -> Dict[str, Any]:
-    """The one server entry that is this pod: container_ip if the table has it, else server_id / host_ip."""
-    def is_me(server: Mapping[str, Any]) -> bool:
-        if "container_ip" in server:
-            return server["container_ip"] in addresses["pod"]
-        return bool({server["server_id"], server.get("host_ip")} & addresses["host"])
-
-    matches = [server for server in table["server_list"] if is_me(server)]
-    if len(matches) != 1:
-        known = ", ".join(server.get("container_ip") or server["server_id"] for server in table["server_list"])
-        mine = ", ".join(sorted(addresses["pod"] | addresses["host"]))
-        problem = ("no server entry in the rank table matches" if not matches
-                   else f"{len(matches)} server entries in the rank table match")
-        raise UserError(f"{problem} this pod ({mine}); servers: {known}. "
-                        "Set XDL_IP (status.hostIP) and POD_IP (status.podIP) in the pod spec")
-    return matches[0]
-
-
-def rank_table_envs(table: Mapping[str, Any], server: Mapping[str, Any], path: str) -> RankEnvs:
-    """Per-rank variables for the devices of ``server`` (rank id from the table, logical device id)."""
-    size = sum(len(entry["device"]) for entry in table["server_list"])
-    devices = sorted(server["device"], key=lambda device: int(device["device_id"]))
-    return {int(device["rank_id"]): {"DEVICE_ID": str(index), "RANK_ID": device["rank_id"], "RANK_SIZE": str(size),
-                                     "RANK_TABLE_FILE": os.path.abspath(path)}
-            for index, device in enumerate(devices)}
+def rank_table_envs(table: Mapping[str, Any], env: Mapping[str, str], path: str) -> RankEnvs:
+    """Per-rank variables for this pod's entry of ``table`` (rank id from the table, logical device id)."""
+    npus = visible_npus(env)
+    plan = rank_table_plan(table, find_server(table, pod_addresses(env), env, npus), path, npus)
+    LOG.info("rank table %s: server %s, ranks %s of %d", path, plan.server, [r.rank for r in plan.ranks],
+             plan.world_size)
+    return {r.rank: r.env for r in plan.ranks}
 
 
 def default_log_dir(train_args: Sequence[str]) -> str:
@@ -156,20 +142,21 @@ def run_scheduler(env: Mapping[str, str]) -> None:
     os.execv(sys.executable, [sys.executable, "-c", SCHEDULER_CODE])
 
 
-def plan_ranks(env: Mapping[str, str], timeout: float) -> RankEnvs:
-    """Per-rank variables for this pod from the AscendJob variables or the mounted rank table."""
-    role = env.get("MS_ROLE")
-    if role:
-        if role != "MS_WORKER":
-            raise UserError(f"MS_ROLE={role!r}: expected MS_SCHED or MS_WORKER")
-        return ascendjob_envs(env)
-    path = rank_table_path(env) or DEFAULT_RANK_TABLE
-    table = wait_for_rank_table(path, timeout)
-    server = find_server(table, pod_addresses(env))
-    envs = rank_table_envs(table, server, path)
-    LOG.info("rank table %s: server %s, ranks %s of %d", path, server["server_id"], sorted(envs),
-             int(next(iter(envs.values()))["RANK_SIZE"]))
-    return envs
+def plan_ranks(env: Mapping[str, str], timeout: float, log_dir: str) -> RankEnvs:
+    """Per-rank variables for this pod: AscendJob variables, the mounted rank table, or one server."""
+    if env.get("MS_ROLE"):
+        if env["MS_ROLE"] not in ("MS_WORKER", "MS_SCHED"):
+            raise UserError(f"MS_ROLE={env['MS_ROLE']!r}: expected MS_SCHED or MS_WORKER")
+        return {rank: {**extra, "MS_ROLE": "MS_WORKER"} for rank, extra in ascendjob_envs(env).items()}
+    path = rank_table_path(env)
+    if path is None and not os.path.exists(DEFAULT_RANK_TABLE):
+        npus = visible_npus(env)
+        LOG.info("no rank table and no operator variables: single-server job on %s",
+                 f"{len(npus)} NPU(s) {npus}" if npus else "1 CPU rank")
+        plan = plan_node(NodeOptions(nproc=max(len(npus), 1)), log_dir, env)
+        return {r.rank: r.env for r in plan.ranks}
+    path = path or DEFAULT_RANK_TABLE
+    return rank_table_envs(wait_for_rank_table(path, timeout), env, path)
 
 
 def _timeout(text: str) -> float:
@@ -198,11 +185,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # as PID 1, while waiting
     module_args: List[str] = args.args[1:] if args.args[:1] == ["--"] else args.args
-    if os.environ.get("MS_ROLE") == "MS_SCHED":
+    scheduler_with_npus = os.environ.get("MS_ROLE") == "MS_SCHED" and os.environ.get("NPU_POD") == "true"
+    if os.environ.get("MS_ROLE") == "MS_SCHED" and not scheduler_with_npus:
         run_scheduler(os.environ)
     log_dir = os.path.abspath(args.log_dir or default_log_dir(module_args))
-    envs = plan_ranks(os.environ, float(args.rank_table_timeout))
+    envs = plan_ranks(os.environ, float(args.rank_table_timeout), log_dir)
     procs = RankProcesses()
+    if scheduler_with_npus:
+        os.makedirs(log_dir, exist_ok=True)
+        procs.scheduler = start_scheduler(os.environ["MS_SCHED_HOST"], _int(os.environ, "MS_SCHED_PORT", 1),
+                                          _int(os.environ, "MS_WORKER_NUM", 1), rank_base_env(),
+                                          os.path.join(log_dir, "scheduler.log"))
     start_workers(procs, envs, [sys.executable, "-m", args.module, *module_args], log_dir)
     return supervise_job(procs, log_dir)
 
