@@ -37,7 +37,8 @@ MERGE_HELP = """\
 Merge single-server rank tables into one cluster table.
 
 Servers keep the order of the arguments (do not rely on shell glob order); rank ids are
-renumbered 0..N-1 across them. A server_id or device IP that appears twice is an error.
+renumbered 0..N-1 across them. A device that appears twice (same server_id and device_id, e.g.
+the same table given twice) or a repeated device IP is an error.
 
 example:
   python -m rank_table merge hccl_node0.json hccl_node1.json -o hccl_16p.json
@@ -47,9 +48,14 @@ VALIDATE_HELP = """\
 Check a rank table before launching.
 
 Checks: JSON, version "1.0", status "completed", server_count, string fields, numeric device
-ids, valid and unique IPs, unique server and device ids, and rank ids 0..N-1.
-Ascend Operator tables (container_ip / host_ip, no host_nic_ip) are accepted; "initializing"
-means the cluster controller has not filled the table in yet.
+ids, valid IPs, unique device IPs, container_ip values and rank ids (0..N-1), and no device
+listed twice: a server_id may appear in several entries (hccl-controller writes one entry per
+pod, and pods can share a node) but a (server_id, device_id) pair may not, since one NPU cannot
+belong to two pods.
+Ascend Operator tables (container_ip / host_ip, no host_nic_ip) are accepted, also with an
+empty host_ip; server_id must be an IP address unless the entry has a container_ip or a
+non-empty host_ip (then it may be a node name). Versions "1.2" (A3 SuperPoD) and "2.0" (A5) are
+refused. "initializing" means the cluster controller has not filled the table in yet.
 Prints a one-line summary and exits 0, or prints "error: FILE: problem" and exits 2.
 
 example:

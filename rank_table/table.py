@@ -8,23 +8,38 @@ A table is the dict that MindSpore's ``RANK_TABLE_FILE`` holds; every number in 
                       "host_nic_ip": "reserve"}],
      "status": "completed"}
 
-Ascend Operator writes servers with ``container_ip`` (and sometimes ``host_ip``, in which case
-``server_id`` is an opaque node identifier) instead of ``host_nic_ip``; both layouts validate.
+Three writers, all version 1.0, validate:
+
+- hccl_tools.py (and ``generate``/``merge``): one entry per server, ``server_id`` = its IP,
+  ``host_nic_ip`` = "reserve".
+- hccl-controller (Volcano): one entry per *pod*, ``server_id`` = the node's IP. Two pods on one
+  node give two entries with the same ``server_id``, so a server_id may repeat; what must not
+  repeat is a (server_id, device_id) pair, since one physical NPU cannot belong to two pods.
+- Ascend Operator: entries carry ``container_ip`` (the pod's IP, unique across the table) and
+  always a ``host_ip`` key, which may be empty (""). ``server_id`` must be an IP address unless
+  the entry names its machine otherwise, by a non-empty ``host_ip`` or by a ``container_ip``;
+  then ``server_id`` is an opaque node identifier (e.g. the node name). Non-empty ``host_ip`` and
+  every ``container_ip`` must be IP addresses.
+
+Other versions are refused by name: "1.2" (A3 SuperPoD) and "2.0" (A5) have a different layout.
+Device IPs and rank ids (exactly 0..N-1) are unique across the table in every layout.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from rank_table import RankTableError
 
 VERSION = "1.0"
+SUPPORTED_VERSIONS = (VERSION,)
+# Versions the Ascend Operator writes for other hardware (different server_list layout).
+OTHER_HARDWARE_VERSIONS = {"1.2": "A3 SuperPoD", "2.0": "A5"}
 COMPLETED = "completed"
 INITIALIZING = "initializing"
 HOST_NIC_IP = "reserve"
-OPTIONAL_SERVER_IPS = ("container_ip", "host_ip")
 
 _NUMBER = re.compile(r"[0-9]+")
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "an array",
@@ -51,7 +66,7 @@ def merge_tables(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Concatenate the servers of valid tables in the given order, renumbering ranks across them.
 
     Each table keeps its own rank layout, offset by the number of devices in the tables before it.
-    Raises RankTableError if the result is invalid (e.g. a server_id or device IP appears twice).
+    Raises RankTableError if the result is invalid (e.g. a device of a server or a device IP appears twice).
     """
     servers: list[dict[str, Any]] = []
     offset = 0
@@ -74,9 +89,15 @@ def validate_table(table: Any, expect_size: int | None = None) -> tuple[int, int
     located = [(f"server_list[{index}]", server) for index, server in enumerate(servers)]
     for where, server in located:
         _check_server(server, where)
-    _check_unique("server_id", ((server["server_id"], where) for where, server in located))
-    _check_unique("device_ip", ((device["device_ip"], f"{where}.device[{index}]")
-                                for where, server in located for index, device in enumerate(server["device"])))
+    located_devices = [(f"{where}.device[{index}]", server, device)
+                       for where, server in located for index, device in enumerate(server["device"])]
+    # hccl-controller writes one entry per pod: a server_id repeats when pods share a node, a device must not
+    _check_unique("device_id", (((server["server_id"], device["device_id"]), where)
+                                for where, server, device in located_devices),
+                  show=lambda pair: f"{pair[1]!r} on server_id {pair[0]!r}")
+    _check_unique("container_ip", ((server["container_ip"], where) for where, server in located
+                                   if "container_ip" in server))
+    _check_unique("device_ip", ((device["device_ip"], where) for where, _, device in located_devices))
     ranks = [int(device["rank_id"]) for _, server in located for device in server["device"]]
     _check_ranks(ranks)
     if expect_size is not None and len(ranks) != expect_size:
@@ -104,27 +125,30 @@ def _check_header(table: Mapping[str, Any]) -> None:
     if status != COMPLETED:
         raise RankTableError(f'status must be "{COMPLETED}", got {status!r}')
     version = _string(table, "version", "table")
-    if version != VERSION:
-        raise RankTableError(f'version must be "{VERSION}", got {version!r}')
+    if version not in SUPPORTED_VERSIONS:
+        hardware = f" ({OTHER_HARDWARE_VERSIONS[version]})" if version in OTHER_HARDWARE_VERSIONS else ""
+        supported = ", ".join(f'"{known}"' for known in SUPPORTED_VERSIONS)
+        raise RankTableError(f'rank table version "{version}"{hardware} is not supported; supported: {supported}')
     _number(table, "server_count", "table")
 
 
 def _check_server(server: Any, where: str) -> None:
-    """Check one server entry and its devices (uniqueness of device_id within it included)."""
+    """Check one server entry and its devices (uniqueness across entries is checked by the caller)."""
     _require_object(server, where)
     server_id = _string(server, "server_id", where)
-    for key in OPTIONAL_SERVER_IPS:
-        if key in server:
-            _ip(server, key, where)
-    if "host_ip" not in server and not is_ip(server_id):
-        raise RankTableError(f"{where}.server_id: {server_id!r} is not a valid IP address")
+    if "container_ip" in server:
+        _ip(server, "container_ip", where)
+    host_ip = _string(server, "host_ip", where) if "host_ip" in server else ""
+    if host_ip:  # the Ascend Operator writes "host_ip": "" when it does not know the node's IP
+        _ip(server, "host_ip", where)
+    if not (host_ip or "container_ip" in server or is_ip(server_id)):
+        raise RankTableError(f"{where}.server_id: {server_id!r} is not a valid IP address "
+                             "(a node name needs a container_ip or a non-empty host_ip)")
     if "host_nic_ip" in server:
         _string(server, "host_nic_ip", where)
     devices = _nonempty_list(server, "device", where)
     for index, device in enumerate(devices):
         _check_device(device, f"{where}.device[{index}]")
-    _check_unique("device_id", ((device["device_id"], f"{where}.device[{index}]")
-                                for index, device in enumerate(devices)))
 
 
 def _check_device(device: Any, where: str) -> None:
@@ -135,12 +159,13 @@ def _check_device(device: Any, where: str) -> None:
     _number(device, "rank_id", where)
 
 
-def _check_unique(field: str, values: Iterable[tuple[str, str]]) -> None:
-    """Raise on the first value seen twice; ``values`` yields (value, where) pairs."""
-    seen: dict[str, str] = {}
+def _check_unique(field: str, values: Iterable[tuple[Hashable, str]],
+                  show: Callable[[Any], str] = repr) -> None:
+    """Raise on the first value seen twice; ``values`` yields (value, where) pairs, ``show`` words a value."""
+    seen: dict[Hashable, str] = {}
     for value, where in values:
         if value in seen:
-            raise RankTableError(f"duplicate {field} {value!r} ({seen[value]} and {where})")
+            raise RankTableError(f"duplicate {field} {show(value)} ({seen[value]} and {where})")
         seen[value] = where
 
 

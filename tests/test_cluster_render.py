@@ -48,21 +48,53 @@ def test_slurm_script_requests_one_task_per_device(tmp_path):
     assert checked.returncode == 0, checked.stdout
 
 
+def run_with_stub_srun(tmp_path, script, record_env=(), **env_vars):
+    """Run ``script`` with a stub srun on PATH; returns (result, recorded lines): cwd, PYTHONPATH, args.
+
+    ``record_env`` names variables whose values the stub records first, as ``NAME=value`` lines.
+    """
+    stub = tmp_path / "bin" / "srun"
+    stub.parent.mkdir(exist_ok=True)
+    env_lines = "".join(f'"{name}=${{{name}-<unset>}}" ' for name in record_env)
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" {env_lines}"$PWD" "$PYTHONPATH" "$@" > "$RECORD"\n')
+    stub.chmod(0o755)
+    record = tmp_path / "record.txt"
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "RECORD": str(record),
+           "SLURM_SUBMIT_DIR": REPO, **env_vars}
+    for name in ("PYTHONPATH", *record_env):
+        if name not in env_vars:
+            env.pop(name, None)
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    return done, record.read_text().splitlines() if record.exists() else []
+
+
+def test_slurm_script_exports_hccl_timeouts_from_the_config(tmp_path):
+    config = tmp_path / "cfg" / "job.yaml"
+    config.parent.mkdir()
+    config.write_text(open(os.path.join(REPO, "configs", "cpu_smoke.yaml")).read()
+                      + "dist:\n  hccl_exec_timeout: 3400\n")
+    result, text = render(tmp_path, "slurm", "--set", "dist.hccl_connect_timeout=1200", config=config)
+    assert result.returncode == 0, result.stderr
+    assert 'export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1200}"' in text
+    assert 'export HCCL_EXEC_TIMEOUT="${HCCL_EXEC_TIMEOUT:-3400}"' in text
+    names = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
+    done, lines = run_with_stub_srun(tmp_path, tmp_path / "fcn8s.sbatch", names)
+    assert done.returncode == 0, done.stderr
+    assert lines[:2] == ["HCCL_CONNECT_TIMEOUT=1200", "HCCL_EXEC_TIMEOUT=3400"]  # file + override, resolved
+    done, lines = run_with_stub_srun(tmp_path, tmp_path / "fcn8s.sbatch", names, HCCL_CONNECT_TIMEOUT="2400")
+    assert done.returncode == 0, done.stderr
+    assert lines[:2] == ["HCCL_CONNECT_TIMEOUT=2400", "HCCL_EXEC_TIMEOUT=3400"]  # the submit env wins, as in train
+    checked = subprocess.run([SHELLCHECK, str(tmp_path / "fcn8s.sbatch")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+
+
 def test_slurm_script_honours_python_repo_dir_and_output_dir(tmp_path):
     """Run the script with a stub srun on PATH that records what it would start."""
     result, _ = render(tmp_path, "slurm", "--set", "train.max_steps=7")
     assert result.returncode == 0, result.stderr
-    stub = tmp_path / "bin" / "srun"
-    stub.parent.mkdir()
-    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$PWD" "$PYTHONPATH" "$@" > "$RECORD"\n')
-    stub.chmod(0o755)
-    record = tmp_path / "record.txt"
-    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "RECORD": str(record),
-           "SLURM_SUBMIT_DIR": REPO, "PYTHON": "/opt/py/bin/python", "OUTPUT_DIR": "/scratch/run1"}
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run(["bash", str(tmp_path / "fcn8s.sbatch")], env=env, capture_output=True, text=True)
+    done, lines = run_with_stub_srun(tmp_path, tmp_path / "fcn8s.sbatch", PYTHON="/opt/py/bin/python",
+                                     OUTPUT_DIR="/scratch/run1")
     assert done.returncode == 0, done.stderr
-    lines = record.read_text().splitlines()
     assert lines[:2] == [REPO, REPO]
     assert lines[2:] == ["--kill-on-bad-exit=1", "--label", "--nodes=2", "--ntasks-per-node=4", "/opt/py/bin/python",
                          "-m", "fcn8s.train", "--config", "configs/cpu_smoke.yaml", "--set", "train.max_steps=7",
@@ -79,6 +111,8 @@ def test_slurm_script_honours_python_repo_dir_and_output_dir(tmp_path):
     (["--set", "train.lr=fast"], "error: train.lr: expected a number, got 'fast'"),
     (["--job-name", "My_Job"], "error: --job-name 'My_Job': use 1-52 lowercase letters"),
     (["--sbatch-arg=gres=npu:8"], "error: sbatch option 'gres=npu:8': expected one '--key=value' word"),
+    (["--set", "dist.hccl_exec_timeout=100"], "error: dist.hccl_exec_timeout: must be a multiple of 68"),
+    (["--set", "dist.hccl_connect_timeout=60"], "error: dist.hccl_connect_timeout"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     base = ["--scheduler", "slurm", "--nodes", "1", "--devices-per-node", "2", "--config", "configs/cpu_smoke.yaml"]
@@ -205,8 +239,72 @@ def test_bad_kubernetes_options(tmp_path, scheduler, args, message):
 def test_help_lists_the_schedulers():
     result = run_module("fcn8s.cluster", "render", "--help")
     assert result.returncode == 0
-    for word in ("volcano-job.yaml", "ascendjob.yaml", "fcn8s.sbatch", "--devices-per-node", "--partition"):
+    for word in ("volcano-job.yaml", "ascendjob.yaml", "fcn8s.sbatch", "--devices-per-node", "--partition",
+                 "--allow-shared-nodes", "anti-affinity", "HCCL_CONNECT_TIMEOUT", "dist.hccl_connect_timeout="):
         assert word in result.stdout
+
+
+SCHEMA_OF = {"volcano": "volcano-job.schema.json", "ascendjob": "ascendjob.schema.json"}
+
+
+def pod_templates(text):
+    """{role: pod template} of a rendered Volcano Job ("worker") or AscendJob ("scheduler", "worker")."""
+    job = list(yaml.safe_load_all(text))[-1]
+    if job["kind"] == "Job":
+        return {task["name"]: task["template"] for task in job["spec"]["tasks"]}
+    return {role.lower(): replica["template"] for role, replica in job["spec"]["replicaSpecs"].items()}
+
+
+def matches(selector, labels):
+    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+
+
+@pytest.mark.parametrize("scheduler", ["volcano", "ascendjob"])
+def test_worker_pods_get_one_node_each(tmp_path, scheduler):
+    """hccl-controller writes one rank-table entry per pod keyed by the node: by default never two pods per node."""
+    result, text = render(tmp_path, scheduler, "--image", IMAGE, "--job-name", "seg")
+    assert result.returncode == 0, result.stderr
+    templates = pod_templates(text)
+    worker = templates.pop("worker")
+    (term,) = worker["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app"] == "seg"
+    assert matches(term["labelSelector"], worker["metadata"]["labels"])  # repels the job's other workers
+    for other in templates.values():  # the AscendJob scheduler holds no NPU: it may share a worker's node
+        assert "affinity" not in other["spec"]
+        assert not matches(term["labelSelector"], other["metadata"]["labels"])
+    validate_pod_template(worker, "worker")
+    validate_custom(list(yaml.safe_load_all(text))[-1], SCHEMA_OF[scheduler])
+
+
+@pytest.mark.parametrize("scheduler", ["volcano", "ascendjob"])
+def test_allow_shared_nodes_drops_the_anti_affinity(tmp_path, scheduler):
+    result, text = render(tmp_path, scheduler, "--image", IMAGE, "--allow-shared-nodes")
+    assert result.returncode == 0, result.stderr
+    assert "--allow-shared-nodes" in text.splitlines()[2]  # the header's command reproduces it
+    for role, template in pod_templates(text).items():
+        assert "affinity" not in template["spec"], role
+        validate_pod_template(template, role)
+
+
+def hccl_env(template):
+    env = {item["name"]: item.get("value") for item in container_of(template)["env"]}
+    return env.get("HCCL_CONNECT_TIMEOUT"), env.get("HCCL_EXEC_TIMEOUT")
+
+
+@pytest.mark.parametrize("scheduler", ["volcano", "ascendjob"])
+def test_pods_export_hccl_timeouts_from_the_config(tmp_path, scheduler):
+    result, text = render(tmp_path, scheduler, "--image", IMAGE)
+    assert result.returncode == 0, result.stderr
+    for role, template in pod_templates(text).items():
+        assert hccl_env(template) == ("600", "1836"), role  # DistConfig defaults, as strings
+    (tmp_path / "overrides").mkdir()
+    result, text = render(tmp_path / "overrides", scheduler, "--image", IMAGE, "--set", "dist.hccl_connect_timeout=1800",
+                          "--set", "dist.hccl_exec_timeout=68")
+    assert result.returncode == 0, result.stderr
+    for role, template in pod_templates(text).items():
+        assert hccl_env(template) == ("1800", "68"), role
+        validate_pod_template(template, role)
 
 
 def test_there_are_checked_in_examples():

@@ -245,7 +245,8 @@ def test_usage_errors_are_one_line(tmp_path):
 @pytest.mark.parametrize("command, words", [
     ("generate", ["--devices", "[0,8)", "hccn.conf", "hccn_tool", "ASCEND_VISIBLE_DEVICES"]),
     ("merge", ["server order", "renumbered"]),
-    ("validate", ["--expect-size", "initializing", "container_ip"]),
+    ("validate", ["--expect-size", "initializing", "container_ip", "(server_id, device_id)", "empty host_ip",
+                  '"1.2" (A3 SuperPoD)']),
 ])
 def test_subcommand_help(command, words):
     result = run_cli(command, "--help")
@@ -283,8 +284,22 @@ def test_merge_duplicate_server_id(tmp_path):
     first = write_json(tmp_path / "a.json", table_of(server_table(SERVER, 8, 0)))
     second = write_json(tmp_path / "b.json", table_of(server_table(SERVER, 8, 1)))
     result = run_cli("merge", first, second, "-o", tmp_path / "out.json")
-    assert_user_error(result, "merged table: duplicate server_id '10.0.0.1'")
+    assert_user_error(result, "merged table: duplicate device_id '0' on server_id '10.0.0.1'")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_merge_two_tables_of_one_server_with_disjoint_devices(tmp_path, conf8):
+    """Two containers on one server, devices 0-3 and 4-7: the server_id repeats, no device does."""
+    low, high, out = tmp_path / "low.json", tmp_path / "high.json", tmp_path / "out.json"
+    for devices_spec, path in (("0-3", low), ("4-7", high)):
+        result = run_cli("generate", "--hccn-conf", conf8, "--server-ip", SERVER, "--devices", devices_spec, "-o", path)
+        assert result.returncode == 0, result.stderr
+    result = run_cli("merge", low, high, "-o", out)
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(out.read_text())
+    assert [s["server_id"] for s in merged["server_list"]] == [SERVER, SERVER]
+    assert [(d["device_id"], d["rank_id"]) for s in merged["server_list"] for d in s["device"]] == [
+        (str(r), str(r)) for r in range(8)]
 
 
 def test_merge_invalid_input_names_the_file(tmp_path, valid_16p):
@@ -317,6 +332,83 @@ def test_validate_accepts_ascend_operator_tables(tmp_path):
     assert run_cli("validate", write_json(tmp_path / "op2.json", operator)).returncode == 0
 
 
+def pods_on_one_node(pods: int = 2, devices_per_pod: int = 4, node: str = "10.0.0.1") -> dict:
+    """hccl-controller's table for ``pods`` pods sharing one 8-NPU node: one entry per pod, same server_id."""
+    servers = []
+    for pod in range(pods):
+        first = pod * devices_per_pod
+        servers.append({"device": [{"device_id": str(d), "device_ip": device_ip(d), "rank_id": str(d)}
+                                   for d in range(first, first + devices_per_pod)],
+                        "server_id": node})
+    return {"status": "completed", "server_list": servers, "server_count": str(pods), "version": "1.0"}
+
+
+def test_validate_accepts_pods_sharing_a_node(tmp_path):
+    """Volcano + hccl-controller with two pods on one node: server_id repeats, the NPUs do not."""
+    path = write_json(tmp_path / "hccl.json", pods_on_one_node())
+    result = run_cli("validate", path, "--expect-size", 8)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: ok (2 servers, 8 devices)"
+    assert validate_table(pods_on_one_node(pods=4, devices_per_pod=2)) == (4, 8)
+
+
+def test_validate_rejects_one_npu_in_two_pods(tmp_path):
+    table = pods_on_one_node()
+    table["server_list"][1]["device"][0].update(device_id="3", device_ip="192.168.200.1")  # pod 0 has NPU 3 too
+    path = write_json(tmp_path / "hccl.json", table)
+    assert_user_error(run_cli("validate", path), "duplicate device_id '3' on server_id '10.0.0.1'",
+                      "server_list[0].device[3] and server_list[1].device[0]")
+    table["server_list"][1]["server_id"] = "10.0.0.2"  # the same device id on another node is fine
+    assert validate_table(table) == (2, 8)
+
+
+def operator_table(host_ip: str = "") -> dict:
+    """Ascend Operator v1.0 output: server_id a node name, a host_ip key (here empty), container_ip per pod."""
+    servers = [{"server_id": f"node-{n}", "host_ip": host_ip, "container_ip": f"10.0.0.{5 + n}",
+                "device": server["device"]}
+               for n, server in enumerate(table_of(server_table("10.0.0.1", 8, 0),
+                                                   server_table("10.0.0.2", 8, 1, 8))["server_list"])]
+    return {"status": "completed", "server_list": servers, "server_count": "2", "version": "1.0"}
+
+
+def test_validate_accepts_ascend_operator_table_with_empty_host_ip(tmp_path):
+    path = write_json(tmp_path / "hccl.json", operator_table())
+    result = run_cli("validate", path, "--expect-size", 16)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: ok (2 servers, 16 devices)"
+    # the same with server_id an IP and no container_ip: the IP names the server
+    table = operator_table()
+    for n, server in enumerate(table["server_list"]):
+        server["server_id"] = f"10.0.0.{n + 1}"
+        del server["container_ip"]
+    assert validate_table(table) == (2, 16)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t["server_list"][1].pop("container_ip"),
+     "server_list[1].server_id: 'node-1' is not a valid IP address (a node name needs a container_ip"),
+    (lambda t: t["server_list"][1].update(host_ip="node-1"), "server_list[1].host_ip: 'node-1' is not a valid IP"),
+    (lambda t: t["server_list"][1].update(host_ip=None), "server_list[1].host_ip: must be a string, got null"),
+    (lambda t: t["server_list"][1].update(container_ip="10.0.0.5"),
+     "duplicate container_ip '10.0.0.5' (server_list[0] and server_list[1])"),
+])
+def test_validate_rejects_bad_ascend_operator_tables(tmp_path, mutate, message):
+    table = operator_table()
+    mutate(table)
+    path = write_json(tmp_path / "hccl.json", table)
+    assert_user_error(run_cli("validate", path), f"error: {path}: ", message)
+
+
+@pytest.mark.parametrize("version, message", [
+    ("1.2", 'rank table version "1.2" (A3 SuperPoD) is not supported; supported: "1.0"'),
+    ("2.0", 'rank table version "2.0" (A5) is not supported; supported: "1.0"'),
+    ("0.1", 'rank table version "0.1" is not supported; supported: "1.0"'),
+])
+def test_validate_names_unsupported_versions(tmp_path, version, message):
+    path = write_json(tmp_path / "hccl.json", {**operator_table(), "version": version})
+    assert_user_error(run_cli("validate", path), f"error: {path}: {message}")
+
+
 def _set(path: list, value):
     """Mutation: set ``table[path...] = value``."""
     def apply(table):
@@ -339,7 +431,7 @@ def _delete(path: list):
 
 DEV = ["server_list", 0, "device", 3]
 INVALID_CASES = {
-    "version": (_set(["version"], "0.1"), 'version must be "1.0"'),
+    "version": (_set(["version"], "0.1"), 'rank table version "0.1" is not supported; supported: "1.0"'),
     "version-missing": (_delete(["version"]), 'table: missing "version"'),
     "initializing": (_set(["status"], "initializing"), "has not filled in the table yet"),
     "status": (_set(["status"], "failed"), "status must be \"completed\", got 'failed'"),
@@ -362,7 +454,9 @@ INVALID_CASES = {
     "container-ip-bad": (_set(["server_list", 0, "container_ip"], "pod"), "container_ip: 'pod' is not a valid IP"),
     "dup-device-ip": (_set([*DEV, "device_ip"], "192.168.100.102"), "duplicate device_ip '192.168.100.102'"),
     "dup-device-id": (_set([*DEV, "device_id"], "2"), "duplicate device_id '2'"),
-    "dup-server-id": (_set(["server_list", 1, "server_id"], "10.0.0.1"), "duplicate server_id '10.0.0.1'"),
+    "dup-device-on-server": (_set(["server_list", 1, "server_id"], "10.0.0.1"),
+                             "duplicate device_id '0' on server_id '10.0.0.1' (server_list[0].device[0] and "
+                             "server_list[1].device[0])"),
     "dup-rank-id": (_set([*DEV, "rank_id"], "9"), "duplicate rank_id '9'"),
     "rank-gap": (_set(["server_list", 1, "device", 7, "rank_id"], "16"), "contiguous 0..15; missing 15"),
 }

@@ -20,6 +20,12 @@ Render a cluster job that trains with CONFIG (plus --set overrides) on NODES x D
 Paths in CONFIG and the overrides are taken relative to the job's working directory (the
 image's /work, or the Slurm submit dir). Render from the repository root. Guide: docs/cluster.md.
 
+Every job exports HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT from the resolved config
+(dist.hccl_connect_timeout, default 600 s; dist.hccl_exec_timeout, default 1836 s): change them
+with --set dist.hccl_connect_timeout=1800. Pods of volcano and ascendjob jobs that hold NPUs get
+a required pod anti-affinity (at most one per node, topologyKey kubernetes.io/hostname) unless
+--allow-shared-nodes.
+
 examples:
   python -m fcn8s.cluster render --scheduler volcano --nodes 2 --devices-per-node 8 \\
       --image registry.example.com/fcn8s:ascend --config configs/voc_fcn8s.yaml \\
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="repository inside the image (default %(default)s, as docker/Dockerfile.ascend)")
     pods.add_argument("--max-retry", type=int, default=3, metavar="N",
                       help="job restarts after eviction/preemption (default %(default)s)")
+    pods.add_argument("--allow-shared-nodes", action="store_true",
+                      help="let several NPU pods of the job share a node (default: a required pod anti-affinity "
+                           "puts at most one per node, since hccl-controller keys the rank table by node)")
     batch = render.add_argument_group("slurm")
     batch.add_argument("--partition", help="#SBATCH --partition")
     batch.add_argument("--time", help="#SBATCH --time limit, e.g. 04:00:00")
@@ -95,7 +104,7 @@ def render(args: argparse.Namespace, argv: Sequence[str]) -> str:
             raise UserError(f"--max-retry must be >= 0, got {args.max_retry}")
         pod_options = kube.KubeOptions(namespace=args.namespace, queue=args.queue, workdir=args.workdir,
                                        volumes=tuple(args.volumes), node_selector=tuple(args.node_selector),
-                                       max_retry=args.max_retry)
+                                       max_retry=args.max_retry, shared_nodes=args.allow_shared_nodes)
         if args.scheduler == "volcano":
             filename = kube.VOLCANO_FILENAME
             text = kube.render(kube.volcano_documents(spec, pod_options), spec, command, "Volcano Job")

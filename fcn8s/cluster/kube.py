@@ -2,6 +2,8 @@
 
 Every pod runs ``launch/pod_entrypoint.sh`` from the image, which starts the pod's ranks (see
 ``fcn8s.cluster.entrypoint``); NPUs come from the Ascend device plugin (``huawei.com/Ascend910``).
+Pods get ``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` from the config's ``dist`` section and,
+unless ``shared_nodes``, a required pod anti-affinity: at most one NPU pod of the job per node.
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ CONTAINER = "ascend"  # the Ascend Operator injects its variables into the conta
 ASCENDJOB_PORT = {"containerPort": 2222, "name": "ascendjob-port"}
 # Time between SIGTERM and SIGKILL: ranks finish their step and rank 0 writes a checkpoint.
 TERMINATION_GRACE_SECONDS = 360
+APP_LABEL = "app"  # value: the job name (kubectl get pods -l app=JOB)
+REPLICA_LABEL = "fcn8s-replica"  # "worker" on pods that hold NPUs, "scheduler" on the AscendJob scheduler
+WORKER, SCHEDULER = "worker", "scheduler"
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -39,6 +45,8 @@ class KubeOptions:
     volumes: Tuple[str, ...] = ()  # "CLAIM:/mount/path" PersistentVolumeClaims
     node_selector: Tuple[str, ...] = ()  # "key=value"
     max_retry: int = 3
+    # False: at most one worker pod per node (hccl-controller keys its rank table entries by node)
+    shared_nodes: bool = False
 
 
 def _field_env(name: str, path: str) -> Dict[str, Any]:
@@ -67,12 +75,20 @@ def _node_selector(options: KubeOptions) -> Dict[str, str]:
     return selector
 
 
-def _pod_template(spec: JobSpec, options: KubeOptions, npus: int, extra_env: List[Dict[str, Any]],
+def _one_worker_per_node(spec: JobSpec) -> Dict[str, Any]:
+    """Pod anti-affinity: no two worker pods of this job on one node (scheduling fails rather than share)."""
+    selector = {"matchLabels": {APP_LABEL: spec.job_name, REPLICA_LABEL: WORKER}}
+    return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": selector, "topologyKey": HOSTNAME_TOPOLOGY}]}}
+
+
+def _pod_template(spec: JobSpec, options: KubeOptions, replica: str, npus: int, extra_env: List[Dict[str, Any]],
                   extra_volumes: List[Tuple[Dict[str, Any], str]], ports: bool) -> Dict[str, Any]:
     """Pod template running the entrypoint; ``extra_volumes`` are (volume, mount path) pairs."""
     volumes = extra_volumes + [({"name": claim, "persistentVolumeClaim": {"claimName": claim}}, path)
                                for claim, path in _claims(options)]
-    env = [_field_env("XDL_IP", "status.hostIP"), _field_env("POD_IP", "status.podIP"), *extra_env]
+    env = [_field_env("XDL_IP", "status.hostIP"), _field_env("POD_IP", "status.podIP"), *extra_env,
+           *({"name": name, "value": value} for name, value in spec.hccl_env().items())]
     container: Dict[str, Any] = {
         "name": CONTAINER, "image": spec.image, "imagePullPolicy": "IfNotPresent", "workingDir": options.workdir,
         "command": ["bash", posixpath.join(options.workdir, "launch", "pod_entrypoint.sh")],
@@ -87,7 +103,10 @@ def _pod_template(spec: JobSpec, options: KubeOptions, npus: int, extra_env: Lis
                            "containers": [container], "volumes": [volume for volume, _ in volumes]}
     if options.node_selector:
         pod["nodeSelector"] = _node_selector(options)
-    return {"metadata": {"labels": {"app": spec.job_name, RING_LABEL: RING_VALUE}}, "spec": pod}
+    if replica == WORKER and not options.shared_nodes:
+        pod["affinity"] = _one_worker_per_node(spec)
+    labels = {APP_LABEL: spec.job_name, REPLICA_LABEL: replica, RING_LABEL: RING_VALUE}
+    return {"metadata": {"labels": labels}, "spec": pod}
 
 
 def _metadata(name: str, options: KubeOptions, **labels: str) -> Dict[str, Any]:
@@ -102,8 +121,8 @@ def volcano_documents(spec: JobSpec, options: KubeOptions) -> List[Dict[str, Any
     config_map = f"rings-config-{spec.job_name}"  # hccl-controller finds it by this name
     table_volume = {"name": RANK_TABLE_VOLUME, "configMap": {"name": config_map}}
     table_env = [{"name": "RANK_TABLE_FILE", "value": posixpath.join(RANK_TABLE_DIR, "hccl.json")}]
-    template = _pod_template(spec, options, spec.devices_per_node, table_env, [(table_volume, RANK_TABLE_DIR)],
-                             ports=False)
+    template = _pod_template(spec, options, WORKER, spec.devices_per_node, table_env,
+                             [(table_volume, RANK_TABLE_DIR)], ports=False)
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(config_map, options),
          "data": {"hccl.json": '{"status":"initializing"}'}},
@@ -120,9 +139,9 @@ def volcano_documents(spec: JobSpec, options: KubeOptions) -> List[Dict[str, Any
 
 def ascendjob_documents(spec: JobSpec, options: KubeOptions) -> List[Dict[str, Any]]:
     """AscendJob: one Scheduler pod (MindSpore scheduler, no NPU) and one Worker pod per node."""
-    def replica(count: int, npus: int) -> Dict[str, Any]:
+    def replica(role: str, count: int, npus: int) -> Dict[str, Any]:
         return {"replicas": count, "restartPolicy": "Never",
-                "template": _pod_template(spec, options, npus, [], [], ports=True)}
+                "template": _pod_template(spec, options, role, npus, [], [], ports=True)}
 
     return [{
         "apiVersion": "mindxdl.gitee.com/v1", "kind": "AscendJob",
@@ -131,7 +150,8 @@ def ascendjob_documents(spec: JobSpec, options: KubeOptions) -> List[Dict[str, A
                  "runPolicy": {"backoffLimit": options.max_retry,
                                "schedulingPolicy": {"minAvailable": spec.nodes + 1, "queue": options.queue}},
                  "successPolicy": "AllWorkers",
-                 "replicaSpecs": {"Scheduler": replica(1, 0), "Worker": replica(spec.nodes, spec.devices_per_node)}},
+                 "replicaSpecs": {"Scheduler": replica(SCHEDULER, 1, 0),
+                                  "Worker": replica(WORKER, spec.nodes, spec.devices_per_node)}},
     }]
 
 

@@ -1,4 +1,8 @@
-"""Render an ``sbatch`` script: ``srun`` starts one ``fcn8s.train`` task per device."""
+"""Render an ``sbatch`` script: ``srun`` starts one ``fcn8s.train`` task per device.
+
+The script exports ``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` from the config's ``dist``
+section (a value already in the submit environment wins, as it does in ``fcn8s.train``).
+"""
 from __future__ import annotations
 
 import shlex
@@ -40,4 +44,5 @@ def render(spec: JobSpec, options: SlurmOptions, command: str) -> str:
         "TASKS": str(spec.devices_per_node), "LOG": options.log, "OUTPUT_DIR": shlex.quote(spec.output_dir()),
         "EXTRA": "".join(f"#SBATCH {option}\n" for option in options.directives()),
         "TRAIN_ARGS": " ".join(shlex.quote(arg) for arg in train_args),
+        **spec.hccl_env(),
     })

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fcn8s.config import RunConfig, load_config, parse_override, read_yaml
 from fcn8s.errors import UserError
@@ -39,6 +39,15 @@ class JobSpec:
         if self.resume:
             args += ["--resume", self.resume]
         return args
+
+    def hccl_env(self) -> Dict[str, str]:
+        """``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` (seconds) from the resolved config's ``dist`` section.
+
+        The job exports them, so HCCL and the training process (which logs them) use the same values.
+        """
+        dist = load_config(self.config, self.overrides).dist
+        return {"HCCL_CONNECT_TIMEOUT": str(dist.hccl_connect_timeout),
+                "HCCL_EXEC_TIMEOUT": str(dist.hccl_exec_timeout)}
 
     def output_dir(self) -> str:
         """``run.output_dir`` as written in the config or overrides (relative to the job's working dir)."""
