@@ -317,13 +317,14 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _positive(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--master-port", type=_port, default=None,
                         help=f"node 0's rendezvous port; the CPU scheduler uses the next one (MASTER_PORT; default "
                              f"{DEFAULT_MASTER_PORT} with --nnodes > 1, a free port on one server)")
-    parser.add_argument("--rendezvous-timeout", type=_positive, default=DEFAULT_RENDEZVOUS_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--rendezvous-timeout", type=positive_seconds, default=DEFAULT_RENDEZVOUS_TIMEOUT, metavar="SECONDS",
                         help="how long servers wait for each other at start (default %(default)s)")
     parser.add_argument("--log-dir", default="logs", help="per-rank logs and working dirs (default ./logs)")
     parser.add_argument("--dry-run", action="store_true",

@@ -42,8 +42,8 @@ from fcn8s.config import config_from_args
 from fcn8s.distributed import SCHEDULER_CODE, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
 from fcn8s.hostnet import local_addresses
-from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, plan_node, rank_base_env,
-                          start_workers, supervise_job)
+from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, plan_node, positive_seconds,
+                          rank_base_env, start_workers, supervise_job)
 from fcn8s.logs import setup_logging
 from fcn8s.placement import find_server, rank_table_plan, visible_npus
 
@@ -159,20 +159,10 @@ def plan_ranks(env: Mapping[str, str], timeout: float, log_dir: str) -> RankEnvs
     return rank_table_envs(wait_for_rank_table(path, timeout), env, path)
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.cluster.entrypoint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rank-table-timeout", type=_timeout, metavar="SECONDS",
+    parser.add_argument("--rank-table-timeout", type=positive_seconds, metavar="SECONDS",
                         default=os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_SECONDS)),
                         help=f"how long to wait for the rank table ({TIMEOUT_ENV}, default %(default)s)")
     parser.add_argument("--log-dir", help="per-rank logs and working dirs (default RUN.OUTPUT_DIR/logs/POD_NAME)")
