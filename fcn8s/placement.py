@@ -102,7 +102,7 @@ def find_server(table: Mapping[str, Any], addresses: Mapping[str, Set[str]], env
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(server.get("container_ip") or server["server_id"] for server in servers)
-    own = ", ".join(sorted(addresses["pod"] | addresses["host"]))
+    own = ", ".join(sorted(a for a in addresses["pod"] | addresses["host"] if not a.startswith("127.")))
     problem = ("no server entry in the rank table matches" if not matches
                else f"{len(matches)} server entries in the rank table match")
     raise UserError(f"{problem} this server ({own}); servers: {known}. Set {SERVER_ID_ENV} "
