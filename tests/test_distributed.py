@@ -275,3 +275,68 @@ def test_ascend_path_generates_a_rank_table_and_sets_rank_env(tmp_path):
         assert report["DEVICE_ID"] == device and report["RANK_ID"] == str(rank) and report["RANK_SIZE"] == "2"
         assert report["RANK_TABLE_FILE"] == table_path and report["MS_ROLE"] is None
         assert report["cwd"] == str(logs / f"rank_{rank}")
+
+
+FAKE_SCONTROL = """#!/bin/sh
+case "$1 $2" in
+  "show hostnames") printf 'srv0\\nsrv1\\n' ;;
+  "show node") echo "NodeName=$3 Arch=x86_64 CoresPerSocket=1"; echo "   NodeAddr=${FAKE_NODE_ADDR} NodeHostName=$3" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("node_addr, expected", [
+    ("198.18.7.1", "198.18.7.1"),  # the node name srv0 does not resolve: its NodeAddr is used
+    ("localhost", "127.0.0.1"),
+    ("srv0", "error: slurm node srv0: NodeAddr 'srv0' is neither an IP address nor a resolvable host name"),
+])
+def test_slurm_scheduler_host_is_the_first_nodes_address(tmp_path, monkeypatch, node_addr, expected):
+    from fcn8s.distributed import init_distributed
+
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(FAKE_SCONTROL)
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_NODE_ADDR", node_addr)
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "srv[0-1]", "SLURM_JOB_ID": "7", "PATH": os.environ["PATH"]}
+    if expected.startswith("error: "):
+        with pytest.raises(UserError, match=re.escape(expected[len("error: "):])):
+            init_distributed(env)
+        return
+    from fcn8s.distributed import _scheduler_address
+
+    assert _scheduler_address(planned_context(env), env) == (expected, 20007)
+
+
+def test_mpirun_scheduler_address_is_loopback_on_one_host_and_routable_across_hosts():
+    from fcn8s.hostnet import interface_addresses, reachable_address, source_address_towards
+
+    mine = sorted(interface_addresses())
+    assert reachable_address(mine, [mine, mine]) == "127.0.0.1"  # all ranks on this host
+    if not mine:
+        pytest.skip("this host has no non-loopback interface")
+    remote = "198.18.200.1"  # never contacted: a UDP connect only asks the routing table
+    if source_address_towards(remote) in (None, "127.0.0.1"):
+        with pytest.raises(UserError, match="no route from rank 0's host"):
+            reachable_address(mine, [[remote]])
+    else:
+        assert reachable_address(mine, [mine, [remote]]) == source_address_towards(remote) != "127.0.0.1"
+
+
+def test_hccl_timeouts_come_from_the_config_unless_the_environment_sets_them():
+    from fcn8s.config import ConfigError, load_config
+    from fcn8s.distributed import export_hccl_timeouts
+
+    cfg = load_config("configs/cpu_smoke.yaml")
+    env = {}
+    export_hccl_timeouts(cfg.dist.hccl_connect_timeout, cfg.dist.hccl_exec_timeout, env)
+    assert env == {"HCCL_CONNECT_TIMEOUT": "600", "HCCL_EXEC_TIMEOUT": "1836"}
+    env = {"HCCL_CONNECT_TIMEOUT": "1200"}
+    export_hccl_timeouts(900, 68 * 30, env)
+    assert env == {"HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "2040"}
+    with pytest.raises(ConfigError, match="dist.hccl_exec_timeout: must be a multiple of 68"):
+        load_config("configs/cpu_smoke.yaml", ["dist.hccl_exec_timeout=100"])
+    with pytest.raises(ConfigError, match="dist.hccl_connect_timeout: must be >= 120"):
+        load_config("configs/cpu_smoke.yaml", ["dist.hccl_connect_timeout=60"])
