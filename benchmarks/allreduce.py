@@ -33,10 +33,10 @@ import time
 from typing import List, Sequence
 
 from common import REPO  # also puts the repository on sys.path
+from fcn8s.distributed import SCHEDULER_CODE
 from tests.infra.netns import SimulatedServers
 
 FCN8S_PARAMETERS = 134_526_944
-SCHEDULER_CODE = "from mindspore.communication import init; init()"
 TIMEOUT = 900
 
 
