@@ -18,6 +18,11 @@ def run_module(module, *args, timeout=900, env=None, check=False):
     return result
 
 
+def pytest_collection_modifyitems(items):
+    """Run the multi-server tests (four FCN-8s processes at a time) before any in-process network."""
+    items.sort(key=lambda item: item.get_closest_marker("multiserver") is None)
+
+
 @pytest.fixture(scope="session")
 def voc_tree(tmp_path_factory):
     from fcn8s.data.synthetic import generate
