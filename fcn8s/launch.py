@@ -20,6 +20,8 @@ contradicting shapes, and watch each other: a failed rank or a lost node stops e
 (exit code of the failed rank; 1 for a lost node). Each rank logs to LOG_DIR/rank_K.log and runs
 in LOG_DIR/rank_K/. SIGINT/SIGTERM are forwarded (ranks checkpoint and exit 128+signal).
 --dry-run prints this server's plan as JSON and starts nothing.
+A training rank that finishes no step for --hang-timeout seconds (heartbeat files, see
+fcn8s/watchdog.py) stops the job with exit 124; every failure writes LOG_DIR/failure.json.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,10 +44,13 @@ from rank_table.table import validate_table
 from fcn8s.config import LAUNCH_DIR_ENV
 from fcn8s.distributed import free_port, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
+from fcn8s.failure import signal_name, write_failure_report
 from fcn8s.hostnet import LOOPBACK, interface_addresses, local_addresses, resolve_host
 from fcn8s.logs import setup_logging
 from fcn8s.placement import NodePlan, dynamic_cluster_plan, find_server, rank_table_plan, visible_npus
 from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict
+from fcn8s.heartbeat import HEARTBEAT_ENV
+from fcn8s.watchdog import DEFAULT_FIRST_STEP_TIMEOUT, DEFAULT_HANG_TIMEOUT, HangLimits, Watchdog, heartbeat_path
 
 LOG = logging.getLogger("fcn8s.launch")
 STOP_GRACE_SECONDS = 10.0
@@ -220,8 +226,12 @@ def start_workers(procs: RankProcesses, envs: Dict[int, Dict[str, str]], command
     for rank, extra in envs.items():
         workdir = os.path.join(log_dir, f"rank_{rank}")
         os.makedirs(workdir, exist_ok=True)
+        heartbeat = heartbeat_path(log_dir, rank)
+        if os.path.exists(heartbeat):
+            os.remove(heartbeat)  # a previous run's progress
         with open(os.path.join(log_dir, f"rank_{rank}.log"), "wb") as log:
-            procs.workers[rank] = subprocess.Popen(list(command), cwd=workdir, env={**base_env, **extra},
+            procs.workers[rank] = subprocess.Popen(list(command), cwd=workdir,
+                                                   env={**base_env, HEARTBEAT_ENV: heartbeat, **extra},
                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     LOG.info("started %d rank(s); logs in %s/rank_K.log", len(envs), log_dir)
 
@@ -253,9 +263,12 @@ def signal_grace_seconds() -> float:
         raise UserError(f"{SIGNAL_GRACE_ENV} must be a number of seconds") from None
 
 
-def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None] = None) -> int:
+def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None] = None,
+              watchdog: Optional[Watchdog] = None, log_dir: Optional[str] = None) -> int:
     """Wait for all ranks; on the first failure (here or, via ``peers``, on another node) stop them all.
 
+    Failures: a rank exits non-zero, a rank hangs (``watchdog``), the scheduler dies, or another
+    node fails or is lost; each writes LOG_DIR/failure.json (with ``log_dir``).
     SIGINT/SIGTERM go to the workers only, which stop after their current step (rank 0 saving a
     checkpoint); the scheduler and stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS
     (or at once on a second signal). The exit code is then 128 + the signal number.
@@ -267,6 +280,17 @@ def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Mem
         received.append(signum)
         procs.signal_all(signum, workers_only=len(received) == 1)
 
+    def fail(verdict: Verdict, rank: Optional[int], relay: bool = True) -> int:
+        if peers and relay:
+            peers.report_failure(verdict)  # node 0 relays it to the other nodes
+        code = stop_with(procs, tail, verdict.code)
+        if log_dir:
+            write_failure_report(log_dir, message=verdict.message, exit_code=code, host=this_host(), rank=rank,
+                                 steps=watchdog.last_steps() if watchdog else {},
+                                 log_path=os.path.join(log_dir, f"rank_{rank}.log") if rank is not None else
+                                 os.path.join(log_dir, "scheduler.log") if procs.scheduler else None)
+        return code
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
@@ -274,17 +298,26 @@ def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Mem
             verdict = peers.poll() if peers else None
             if verdict:
                 LOG.error("%s; stopping this node's ranks", verdict.message)
-                peers.report_failure(verdict)  # node 0 relays it to the other nodes
-                return stop_with(procs, tail, verdict.code)
+                return fail(verdict, None)
             codes = {rank: p.poll() for rank, p in procs.workers.items()}
             failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
             if failed:
                 rank, code = failed[0]
                 LOG.error("rank %d exited with code %d; stopping the other ranks", rank, code)
                 code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
-                if peers:
-                    peers.report_failure(Verdict(code, f"rank {rank} exited with code {code}"))
-                return stop_with(procs, tail, code)
+                name = signal_name(code)
+                return fail(Verdict(code, f"rank {rank} on {this_host()} exited with code {code}"
+                                          + (f" ({name})" if name else "")), rank)
+            hung = watchdog.check({rank: procs.workers[rank].pid for rank, code in codes.items() if code is None}) \
+                if watchdog else None
+            if hung:
+                LOG.error("%s; stopping the job", hung[1].message)
+                return fail(hung[1], hung[0])
+            scheduler = procs.scheduler.poll() if procs.scheduler else None
+            if scheduler not in (None, 0) and any(code is None for code in codes.values()):
+                message = f"the MindSpore scheduler on {this_host()} exited with code {scheduler}"
+                LOG.error("%s; stopping the ranks", message)
+                return fail(Verdict(scheduler if scheduler > 0 else 128 - scheduler, message), None)
             if received:
                 LOG.error("received signal %d; stopping all ranks", received[0])
                 deadline = time.monotonic() + grace
@@ -297,11 +330,18 @@ def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Mem
                 verdict = peers.finish() if peers else None
                 if verdict:
                     LOG.error("%s", verdict.message)
-                return stop_with(procs, tail, verdict.code if verdict else 0)  # the scheduler, if still up
+                    return fail(verdict, None, relay=False)
+                return stop_with(procs, tail, 0)  # the scheduler, if still up
             time.sleep(POLL_SECONDS)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def this_host() -> str:
+    """``hostname (address)`` of this server, for messages."""
+    addresses = sorted(interface_addresses())
+    return f"{socket.gethostname()} ({addresses[0]})" if addresses else socket.gethostname()
 
 
 def stop_with(procs: RankProcesses, tail: LogTail, code: int) -> int:
@@ -348,7 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="print this server's plan (ranks, devices, environment) as JSON and start nothing")
     add_rank_command_arguments(parser)
+    add_supervision_arguments(parser)
     return parser
+
+
+def add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hang watchdog settings; shared with the pod entrypoint."""
+    parser.add_argument("--hang-timeout", type=positive_seconds, metavar="SECONDS",
+                        default=os.environ.get("HANG_TIMEOUT") or str(DEFAULT_HANG_TIMEOUT),
+                        help="stop the job (exit 124) when a training rank finished no step for this long; "
+                             "evaluation and checkpoint writes do not count (HANG_TIMEOUT, default %(default)s)")
+    parser.add_argument("--first-step-timeout", type=positive_seconds, metavar="SECONDS",
+                        default=str(DEFAULT_FIRST_STEP_TIMEOUT),
+                        help="the same for start-up and the first step, which compiles the graph "
+                             "(default %(default)s)")
+
+
+def watchdog_for(args: argparse.Namespace, log_dir: str, ranks: Sequence[int]) -> Optional[Watchdog]:
+    """A hang watchdog over ``ranks`` when they run the trainer (other modules report no progress)."""
+    if args.module != "fcn8s.train":
+        return None
+    return Watchdog(log_dir, ranks, HangLimits(args.hang_timeout, args.first_step_timeout), this_host())
 
 
 def add_rank_command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -376,15 +436,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     peers = join_peers(plan, options)
     try:
         procs = start_plan(plan, [sys.executable, "-m", args.module, *module_args], log_dir)
-        return supervise_job(procs, log_dir, peers)
+        return supervise_job(procs, log_dir, peers, watchdog_for(args, log_dir, list(procs.workers)))
     finally:
         if peers:
             peers.close()
 
 
-def supervise_job(procs: RankProcesses, log_dir: str, peers: Union[Coordinator, Member, None] = None) -> int:
+def supervise_job(procs: RankProcesses, log_dir: str, peers: Union[Coordinator, Member, None] = None,
+                  watchdog: Optional[Watchdog] = None) -> int:
     """Supervise started ranks, showing the lowest rank's log; returns the job's exit code."""
-    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")), peers)
+    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")), peers, watchdog,
+                     log_dir)
     LOG.info("job %s (exit code %d); logs: %s", "finished" if code == 0 else "FAILED", code, log_dir)
     return code
 

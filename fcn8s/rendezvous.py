@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from queue import Empty, Queue
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from fcn8s.errors import UserError
 
@@ -128,6 +128,7 @@ class Coordinator:
         self.me = me
         self.members: Dict[int, NodeInfo] = {}
         self.channels: Dict[int, Channel] = {}
+        self.done: Set[int] = set()  # nodes whose ranks all finished
         self._gather(port, timeout)
         self._heartbeats = _Heartbeats(list(self.channels.values()))
 
@@ -190,14 +191,25 @@ class Coordinator:
         return None
 
     def poll(self) -> Optional[Verdict]:
-        for node_rank, channel in self.channels.items():
-            event = channel.next_event()
-            node = self.members[node_rank]
-            if event and event["event"] == "failed":
+        for node_rank in self.channels:
+            verdict = self._check(node_rank)
+            if verdict:
+                return verdict
+        return None
+
+    def _check(self, node_rank: int) -> Optional[Verdict]:
+        """Read what node ``node_rank`` said (remembering "done"); a verdict if it failed or is lost."""
+        channel, node = self.channels[node_rank], self.members[node_rank]
+        event = channel.next_event()
+        while event:
+            if event["event"] == "failed":
                 return Verdict(int(event["code"]), f"{node.describe()}: {event['reason']}")
-            reason = channel.lost()
-            if reason:
-                return Verdict(EXIT_NODE_LOST, f"lost {node.describe()}: {reason}")
+            if event["event"] == "done":
+                self.done.add(node_rank)
+            event = channel.next_event()
+        reason = channel.lost()
+        if reason and node_rank not in self.done:
+            return Verdict(EXIT_NODE_LOST, f"lost {node.describe()}: {reason}")
         return None
 
     def report_failure(self, verdict: Verdict) -> None:
@@ -207,20 +219,13 @@ class Coordinator:
 
     def finish(self) -> Optional[Verdict]:
         """After node 0's ranks succeeded: wait for every node's, then release them."""
-        pending = set(self.channels)
         deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
-        while pending:
-            for node_rank in sorted(pending):
-                channel, node = self.channels[node_rank], self.members[node_rank]
-                event = channel.next_event()
-                if event and event["event"] == "done":
-                    pending.discard(node_rank)
-                elif event and event["event"] == "failed":
-                    return Verdict(int(event["code"]), f"{node.describe()}: {event['reason']}")
-                elif channel.lost():
-                    return Verdict(EXIT_NODE_LOST, f"lost {node.describe()}: {channel.lost()}")
+        while set(self.channels) - self.done:
+            verdict = self.poll()
+            if verdict:
+                return verdict
             if time.monotonic() > deadline:
-                names = ", ".join(self.members[k].describe() for k in sorted(pending))
+                names = ", ".join(self.members[k].describe() for k in sorted(set(self.channels) - self.done))
                 return Verdict(EXIT_NODE_LOST, f"{names} did not finish within {FINISH_TIMEOUT_SECONDS:.0f} s "
                                                "of node 0")
             time.sleep(0.2)

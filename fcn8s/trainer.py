@@ -32,6 +32,8 @@ from fcn8s.data.sampling import steps_in_epoch
 from fcn8s.distributed import DistContext, sum_across_ranks
 from fcn8s.errors import UserError
 from fcn8s.eval import evaluate
+from fcn8s.faults import FaultInjector
+from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
 from fcn8s.losses import SegmentationCrossEntropy
@@ -155,6 +157,8 @@ class Trainer:
         self.step, self.epoch, self.consumed = 0, 0, 0
         self.saved_step: Optional[int] = None
         self.metrics_path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
+        self.heartbeat = Heartbeat()
+        self.faults = FaultInjector(int(ctx.rank or 0))
 
     def resume(self, path: str) -> None:
         """Continue from a checkpoint written by training (weights, momentum, loss scaler, position)."""
@@ -190,23 +194,34 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
     def _save(self, final: bool = False, metrics: Optional[Dict[str, object]] = None) -> Optional[str]:
-        """Rank 0 writes the current state (no-op elsewhere, and if this step is already saved)."""
-        if not self.ctx.is_main or (self.saved_step == self.step and not final):
+        """Rank 0 writes the current state (no-op elsewhere, and if this step is already saved).
+
+        Every rank reports the "save" phase: the others wait for rank 0's write in their next collective.
+        """
+        if self.saved_step == self.step and not final:
             return None
         self.saved_step = self.step
+        self.heartbeat.beat("save")
+        if not self.ctx.is_main:
+            return None
         position = {"epoch": self.epoch, "consumed": self.consumed, "global_batch": self.global_batch,
                     "ranks": self.ctx.size}
-        return self.checkpoints.save(training_state(self.net, self.optimizer, self.scaler), self.step, position,
-                                     final=final, metrics=metrics)
+        try:
+            return self.checkpoints.save(training_state(self.net, self.optimizer, self.scaler), self.step, position,
+                                         final=final, metrics=metrics)
+        finally:
+            self.heartbeat.beat("step")
 
     def _evaluate(self) -> Dict[str, object]:
         """Val metrics of the current weights (every rank scores its share; BN in inference mode)."""
         cfg = self.cfg
         predictor = Predictor(self.net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
+        self.heartbeat.beat("eval")
         try:
             summary = summarize(sum_across_ranks(evaluate(cfg, self.ctx, predictor), self.ctx))
         finally:
             self.net.set_train(True)
+            self.heartbeat.beat("step")
         keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
         LOG.info("val at step %d: %s", self.step, ", ".join(f"{key} {summary[key]:.4f}" for key in keys))
         return {key: summary[key] for key in keys}
@@ -225,6 +240,7 @@ class Trainer:
             return {"steps": self.step, "loss": float("nan"), "checkpoint": self.checkpoints.path_for(None),
                     "first_step_seconds": None}
         self.net.set_train(True)
+        self.heartbeat.beat("start", self.step)
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (self.ctx.is_main and sys.stderr.isatty()))
         self.first_step_seconds: Optional[float] = None
@@ -248,6 +264,7 @@ class Trainer:
         LOG.info("parameter checksum %s after %d steps", parameter_checksum(self.net), self.step)
         final_path = self._save(final=True)
         self._barrier()
+        self.heartbeat.beat("done")
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}
 
@@ -265,6 +282,7 @@ class Trainer:
     def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> float:
         """One optimisation step plus its bookkeeping (timing, divergence, logs, checkpoints)."""
         epoch = self.epoch
+        self.heartbeat.beat("compile" if self.first_step_seconds is None else "run")
         loss, finite, scale = self.step_fn(images, labels)
         loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
         self._advance()
@@ -284,6 +302,8 @@ class Trainer:
             self._save(metrics=self._evaluate())
         elif self.step % tcfg.checkpoint_interval == 0 and self.step < self.total_steps:
             self._save()
+        self.faults.after_step(self.step)
+        self.heartbeat.beat("step", self.step)  # last: a rank stuck in this step's bookkeeping stays behind
         return loss_value
 
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:

@@ -7,11 +7,12 @@
 #   MASTER_ADDR (server 0's address, default 127.0.0.1), MASTER_PORT (default 29500; +1 is used too).
 # Env: RANK_TABLE_FILE (merged table: this server's entry decides ranks and NPUs; SERVER_ID picks the
 #      entry), LOG_DIR (default ./logs), PYTHON (default .venv/bin/python if present, else python3),
-#      DRY_RUN=1 (print this server's ranks, devices and environment as JSON; start nothing).
+#      DRY_RUN=1 (print this server's ranks, devices and environment as JSON; start nothing),
+#      HANG_TIMEOUT (seconds without a finished step before the job is stopped, exit 124; default 1200).
 #      Details: python -m fcn8s.launch --help, docs/distributed.md.
 set -euo pipefail
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
   usage

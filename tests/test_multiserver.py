@@ -254,14 +254,20 @@ def test_servers_that_disagree_on_the_world_size_fail_at_once(servers, job_dir):
     assert not any(list((job_dir / f"logs{k}").glob("rank_*.log")) for k in (0, 1))  # no rank started
 
 
-def test_losing_a_server_stops_the_job_on_the_other_naming_it(servers, job_dir):
-    started = [start_run_distribute(servers, k, 2, job_dir, job_dir / "out", 29650, steps=500,
+def start_long_job(servers, job_dir, port):
+    """A 500-step 2 x 2 job through run_distribute.sh, returned once rank 2 (server 1) finished step 2."""
+    started = [start_run_distribute(servers, k, 2, job_dir, job_dir / "out", port, steps=500,
                                     FCN8S_SIGNAL_GRACE_SECONDS=5) for k in (0, 1)]
     rank2 = started[1][1] / "rank_2.log"
     deadline = time.monotonic() + JOB_TIMEOUT
     while "step 2/500" not in read(rank2):
         assert time.monotonic() < deadline and all(p.poll() is None for p, _ in started), read(rank2)[-3000:]
         time.sleep(1)
+    return started
+
+
+def test_losing_a_server_stops_the_job_on_the_other_naming_it(servers, job_dir):
+    started = start_long_job(servers, job_dir, 29650)
     killed = time.monotonic()
     servers.kill_all(1)  # server 1 crashes: its launcher, ranks and everything else
     code = wait_all([started[0][0]], timeout=120)[0]
@@ -272,4 +278,27 @@ def test_losing_a_server_stops_the_job_on_the_other_naming_it(servers, job_dir):
     assert "lost node 1 (198.18.7.2, ranks 2-3): its launcher's connection closed" in launcher0
     time.sleep(1)
     assert servers.pids(0) == [] and servers.pids(1) == []  # nothing of the job left on any server
+    shutil.rmtree(job_dir / "out", ignore_errors=True)
+
+
+def test_cutting_a_servers_link_stops_the_job_on_both_sides(servers, job_dir):
+    """No connection closes when a link goes down: the launchers' heartbeats (15 s) notice."""
+    started = start_long_job(servers, job_dir, 29660)
+    cut = time.monotonic()
+    servers.link_down(1)
+    try:
+        stopped = []
+        for proc, _ in started:
+            wait_all([proc], timeout=120)
+            stopped.append(time.monotonic() - cut)
+    finally:
+        servers.link_up(1)
+    launchers = [read(job_dir / f"launcher{k}.out") for k in (0, 1)]
+    print(f"link cut: server 0 stopped after {stopped[0]:.1f} s, server 1 after {stopped[1]:.1f} s")
+    assert [proc.returncode for proc, _ in started] == [1, 1], launchers
+    assert "lost node 1 (198.18.7.2, ranks 2-3): no heartbeat for" in launchers[0]
+    assert "lost node 0 (198.18.7.1), the job's coordinator: no heartbeat for" in launchers[1]
+    assert max(stopped) < 45, stopped
+    time.sleep(1)
+    assert servers.pids(0) == [] and servers.pids(1) == []
     shutil.rmtree(job_dir / "out", ignore_errors=True)

@@ -118,3 +118,20 @@ def test_a_lost_node_is_named_when_its_connection_closes_or_goes_silent(monkeypa
     lost_master = wait_for(members[1].poll, 5)
     assert lost_master.message.startswith("lost node 0 (127.0.0.1), the job's coordinator: no heartbeat")
     coordinator.close(), members[1].close()
+
+
+def test_a_node_that_finishes_first_is_not_forgotten():
+    """Node 1's ranks end while node 0's still train: its "done" arrives during the supervision polls."""
+    coordinator, members, _ = form([node(1)])
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(verdict=members[1].finish()))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while 1 not in coordinator.done and time.monotonic() < deadline:
+        assert coordinator.poll() is None
+        time.sleep(0.05)
+    assert coordinator.done == {1}
+    assert coordinator.finish() is None
+    thread.join(10)
+    assert done == {"verdict": None}
+    coordinator.close(), members[1].close()

@@ -42,8 +42,8 @@ from fcn8s.config import config_from_args
 from fcn8s.distributed import SCHEDULER_CODE, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
 from fcn8s.hostnet import local_addresses
-from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, plan_node, positive_seconds,
-                          rank_base_env, start_workers, supervise_job)
+from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, add_supervision_arguments,
+                          plan_node, positive_seconds, rank_base_env, start_workers, supervise_job, watchdog_for)
 from fcn8s.logs import setup_logging
 from fcn8s.placement import find_server, rank_table_plan, visible_npus
 
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"how long to wait for the rank table ({TIMEOUT_ENV}, default %(default)s)")
     parser.add_argument("--log-dir", help="per-rank logs and working dirs (default RUN.OUTPUT_DIR/logs/POD_NAME)")
     add_rank_command_arguments(parser)
+    add_supervision_arguments(parser)
     return parser
 
 
@@ -187,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           _int(os.environ, "MS_WORKER_NUM", 1), rank_base_env(),
                                           os.path.join(log_dir, "scheduler.log"))
     start_workers(procs, envs, [sys.executable, "-m", args.module, *module_args], log_dir)
-    return supervise_job(procs, log_dir)
+    return supervise_job(procs, log_dir, watchdog=watchdog_for(args, log_dir, list(procs.workers)))
 
 
 if __name__ == "__main__":

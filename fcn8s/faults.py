@@ -1,0 +1,66 @@
+"""Fault injection for resilience drills: ``FCN8S_FAULT=KIND:rank=R:step=S[:code=C]`` (off by default).
+
+After finishing step S, rank R (global rank) then
+  hang   stops making progress while its process stays alive (Python sleeps; MindSpore's own
+         threads keep running, so its cluster heartbeat does not notice),
+  exit   exits at once with code C (default 1), without cleanup,
+  raise  raises RuntimeError (an ordinary crash: traceback, exit code 1).
+Every rank logs a warning at start when the variable is set, so a drill is never mistaken for a
+real failure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from fcn8s.errors import UserError
+
+LOG = logging.getLogger(__name__)
+FAULT_ENV = "FCN8S_FAULT"
+KINDS = ("hang", "exit", "raise")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    rank: int
+    step: int
+    code: int = 1
+
+
+def parse_fault(text: str) -> Fault:
+    """``hang:rank=1:step=3`` -> Fault; a UserError naming the variable otherwise."""
+    kind, *fields = text.strip().split(":")
+    values = dict(field.split("=", 1) for field in fields if "=" in field)
+    if kind not in KINDS or len(values) != len(fields) or not {"rank", "step"} <= set(values) \
+            or set(values) - {"rank", "step", "code"} or not all(v.isdigit() for v in values.values()):
+        raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C] with KIND one of "
+                        f"{', '.join(KINDS)}, e.g. hang:rank=1:step=3")
+    return Fault(kind, int(values["rank"]), int(values["step"]), int(values.get("code", 1)))
+
+
+class FaultInjector:
+    """Triggers the configured fault on its rank and step (nothing when FCN8S_FAULT is unset)."""
+
+    def __init__(self, rank: int, text: Optional[str] = None) -> None:
+        text = os.environ.get(FAULT_ENV, "") if text is None else text
+        self.fault = parse_fault(text) if text.strip() else None
+        self.rank = rank
+        if self.fault:
+            LOG.warning("FAULT INJECTION ON (%s=%s): rank %d will %s after step %d", FAULT_ENV, text,
+                        self.fault.rank, self.fault.kind, self.fault.step)
+
+    def after_step(self, step: int) -> None:
+        fault = self.fault
+        if not fault or fault.rank != self.rank or fault.step != step:
+            return
+        LOG.warning("FAULT INJECTION: %s now (after step %d)", fault.kind, step)
+        if fault.kind == "exit":
+            os._exit(fault.code)
+        if fault.kind == "raise":
+            raise RuntimeError(f"injected fault after step {step} ({FAULT_ENV})")
+        while True:  # hang: alive, no progress
+            time.sleep(3600)
