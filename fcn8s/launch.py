@@ -129,9 +129,7 @@ def read_rank_table(path: str) -> Dict:
         with open(path, encoding="utf-8") as handle:
             table = json.load(handle)
         validate_table(table)
-    except (OSError, ValueError) as err:
-        raise UserError(f"rank table {path}: {err}") from None
-    except RankTableError as err:
+    except (OSError, ValueError, RankTableError) as err:
         raise UserError(f"rank table {path}: {err}") from None
     return table
 

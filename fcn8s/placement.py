@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 from rank_table import RankTableError, devices
 
+from fcn8s.distributed import worker_env
 from fcn8s.errors import UserError
 
 RT_VISIBLE_ENV = "ASCEND_RT_VISIBLE_DEVICES"  # CANN runtime: the process sees these as 0..n-1
@@ -143,8 +144,7 @@ def dynamic_cluster_plan(nproc: int, nnodes: int, node_rank: int, master_addr: s
     for local in range(nproc):
         rank = node_rank * nproc + local
         ranks.append(RankSpec(rank, local, {
-            "MS_ROLE": "MS_WORKER", "MS_SCHED_HOST": master_addr, "MS_SCHED_PORT": str(scheduler_port),
-            "MS_WORKER_NUM": str(world), "MS_NODE_ID": str(rank), "RANK_ID": str(rank), "RANK_SIZE": str(world),
+            **worker_env(rank, world, master_addr, scheduler_port), "RANK_ID": str(rank), "RANK_SIZE": str(world),
             "MS_LOCAL_WORKER": str(nproc), "DEVICE_ID": str(local)}))
     scheduler = {"host": master_addr, "port": scheduler_port} if node_rank == 0 else None
     return NodePlan(node_rank=node_rank, nnodes=nnodes, world_size=world, ranks=ranks, source="dynamic_cluster",
