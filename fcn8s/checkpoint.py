@@ -23,6 +23,7 @@ from fcn8s.errors import UserError
 
 LOG = logging.getLogger(__name__)
 PREFIX = "fcn8s"
+TEMP_PREFIX = ".tmp-"  # + writer pid + "-" + final name, renamed when complete
 LOSS_SCALE = "loss_scale"
 LOSS_SCALE_COUNTER = "loss_scale_counter"
 
@@ -72,8 +73,9 @@ class CheckpointManager:
         that a resumed run continues with the next unseen sample.
         """
         os.makedirs(self.directory, exist_ok=True)
+        self._remove_abandoned_temp_files()
         path = self.path_for(None if final else step)
-        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+        tmp = os.path.join(self.directory, f"{TEMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
         ms.save_checkpoint(params, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -86,6 +88,14 @@ class CheckpointManager:
         if not final:
             self._prune()
         return path
+
+    def _remove_abandoned_temp_files(self) -> None:
+        """Delete half-written checkpoints of writers that died (e.g. killed during a save before a restart)."""
+        for name in os.listdir(self.directory):
+            pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+            if name.startswith(TEMP_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                os.remove(os.path.join(self.directory, name))
+                LOG.warning("removed %s, left by a checkpoint write that did not finish", name)
 
     def complete(self, include_final: bool = False) -> List[Dict[str, object]]:
         """Sidecars of complete checkpoints (step ones, optionally the final one), oldest first."""

@@ -87,6 +87,11 @@ class TrainConfig:
     eval_interval: int = field(default=0, metadata=_range(0))
     # Stop when the loss is non-finite or the loss scale shrinks this many steps in a row.
     max_bad_steps: int = field(default=20, metadata=_range(1))
+    # Several ranks: at each log interval compare the ranks' own work per step (batch fetch + forward/backward,
+    # without waiting for the others) and warn about a rank above straggler_factor x the other ranks' median
+    # for straggler_intervals intervals in a row. 0 = off (one fused step graph, no per-rank figures).
+    straggler_factor: float = field(default=1.5, metadata=_range(1.0, lo_open=True))
+    straggler_intervals: int = field(default=3, metadata=_range(0))
 
 
 @dataclass(frozen=True)

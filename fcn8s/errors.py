@@ -5,6 +5,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3  # training diverged (fcn8s.trainer): not fixed by restarting
 
 
 class UserError(Exception):

@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,20 +38,35 @@ def class_names(num_classes: int) -> List[str]:
 
 
 def evaluate(cfg: Config, ctx: DistContext, predictor: Predictor, split: str = "val",
-             scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
-    """Confusion matrix of this rank's share of ``split`` (TTA: scales, flip); sum it over ranks."""
+             scales: Sequence[float] = (1.0,), flip: bool = False,
+             progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """Confusion matrix of this rank's share of ``split`` (TTA: scales, flip); sum it over ranks.
+
+    ``progress(images scored so far)`` is called after each batch (the trainer renews its heartbeat).
+    """
     score = functools.partial(_score, predictor, cfg=cfg, scales=scales, flip=flip)
     hist = np.zeros((cfg.model.num_classes,) * 2, np.int64)
-    batch: List[tuple] = []
+    scored = 0
     samples = iterate_eval_samples(cfg.data.mindrecord_dir, ctx.rank, ctx.size, split)
-    for sample in tqdm(samples, desc="eval", unit="img", disable=not ctx.is_main):
-        batch.append(sample)
-        if len(batch) == cfg.eval.batch_size:
+    with tqdm(desc="eval", unit="img", disable=not ctx.is_main) as bar:  # counts scored, not read, images
+        for batch in _batches(samples, cfg.eval.batch_size):
             hist += score(batch)
+            scored += len(batch)
+            bar.update(len(batch))
+            if progress:
+                progress(scored)
+    return hist
+
+
+def _batches(samples: Iterable[tuple], size: int) -> Iterator[List[tuple]]:
+    batch: List[tuple] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
             batch = []
     if batch:
-        hist += score(batch)
-    return hist
+        yield batch
 
 
 def _score(predictor: Predictor, batch: List[tuple], cfg: Config, scales: Sequence[float], flip: bool) -> np.ndarray:

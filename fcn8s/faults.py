@@ -1,10 +1,12 @@
-"""Fault injection for resilience drills: ``FCN8S_FAULT=KIND:rank=R:step=S[:code=C]`` (off by default).
+"""Fault injection for resilience drills: ``FCN8S_FAULT=KIND:rank=R:step=S[:code=C][:attempt=A]`` (off by default).
 
 After finishing step S, rank R (global rank) then
   hang   stops making progress while its process stays alive (Python sleeps; MindSpore's own
          threads keep running, so its cluster heartbeat does not notice),
   exit   exits at once with code C (default 1), without cleanup,
   raise  raises RuntimeError (an ordinary crash: traceback, exit code 1).
+The fault fires in the job's first run only, or in restart A with ``attempt=A`` (the launcher
+gives ranks ``FCN8S_RESTART``), so an automatic restart (fcn8s/restarts.py) can recover from it.
 Every rank logs a warning at start when the variable is set, so a drill is never mistaken for a
 real failure.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fcn8s.errors import UserError
+from fcn8s.restarts import RESTART_ENV
 
 LOG = logging.getLogger(__name__)
 FAULT_ENV = "FCN8S_FAULT"
@@ -29,6 +32,7 @@ class Fault:
     rank: int
     step: int
     code: int = 1
+    attempt: int = 0
 
 
 def parse_fault(text: str) -> Fault:
@@ -36,26 +40,29 @@ def parse_fault(text: str) -> Fault:
     kind, *fields = text.strip().split(":")
     values = dict(field.split("=", 1) for field in fields if "=" in field)
     if kind not in KINDS or len(values) != len(fields) or not {"rank", "step"} <= set(values) \
-            or set(values) - {"rank", "step", "code"} or not all(v.isdigit() for v in values.values()):
-        raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C] with KIND one of "
+            or set(values) - {"rank", "step", "code", "attempt"} or not all(v.isdigit() for v in values.values()):
+        raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C][:attempt=A] with KIND one of "
                         f"{', '.join(KINDS)}, e.g. hang:rank=1:step=3")
-    return Fault(kind, int(values["rank"]), int(values["step"]), int(values.get("code", 1)))
+    return Fault(kind, int(values["rank"]), int(values["step"]), int(values.get("code", 1)),
+                 int(values.get("attempt", 0)))
 
 
 class FaultInjector:
     """Triggers the configured fault on its rank and step (nothing when FCN8S_FAULT is unset)."""
 
-    def __init__(self, rank: int, text: Optional[str] = None) -> None:
+    def __init__(self, rank: int, text: Optional[str] = None, attempt: Optional[int] = None) -> None:
         text = os.environ.get(FAULT_ENV, "") if text is None else text
         self.fault = parse_fault(text) if text.strip() else None
         self.rank = rank
+        self.attempt = int(os.environ.get(RESTART_ENV) or 0) if attempt is None else attempt
         if self.fault:
-            LOG.warning("FAULT INJECTION ON (%s=%s): rank %d will %s after step %d", FAULT_ENV, text,
-                        self.fault.rank, self.fault.kind, self.fault.step)
+            LOG.warning("FAULT INJECTION ON (%s=%s): rank %d will %s after step %d in %s", FAULT_ENV, text,
+                        self.fault.rank, self.fault.kind, self.fault.step,
+                        f"restart {self.fault.attempt}" if self.fault.attempt else "the first run")
 
     def after_step(self, step: int) -> None:
         fault = self.fault
-        if not fault or fault.rank != self.rank or fault.step != step:
+        if not fault or fault.rank != self.rank or fault.step != step or fault.attempt != self.attempt:
             return
         LOG.warning("FAULT INJECTION: %s now (after step %d)", fault.kind, step)
         if fault.kind == "exit":

@@ -5,6 +5,8 @@ the trainer writes ``{"step", "phase", "time"}`` there atomically. Phases: ``sta
 graph not compiled yet), ``compile`` (the first step, which compiles the graph, started),
 ``run`` (a later step started), ``step`` (a step finished), ``eval`` / ``save``
 (long work that is not a hang), ``done``. Without the variable (a rank not started by our supervisor) nothing is written.
+The last report is also kept in memory (``Heartbeat.last``) for the in-process watchdog
+(fcn8s/rank_watchdog.py) of ranks that no supervisor of ours watches (mpirun, srun).
 """
 from __future__ import annotations
 
@@ -24,15 +26,17 @@ class Heartbeat:
     def __init__(self, path: Optional[str] = None) -> None:
         self.path = path if path is not None else os.environ.get(HEARTBEAT_ENV) or None
         self.step = 0
+        self.last: Optional[Dict[str, Any]] = None  # the last report, also when no file is written
 
     def beat(self, phase: str, step: Optional[int] = None) -> None:
         if step is not None:
             self.step = step
+        self.last = report = {"step": self.step, "phase": phase, "time": time.time()}
         if not self.path:
             return
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump({"step": self.step, "phase": phase, "time": time.time()}, handle)
+            json.dump(report, handle)
         os.replace(tmp, self.path)
 
 

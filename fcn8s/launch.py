@@ -29,14 +29,15 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from rank_table import RankTableError
 from rank_table.table import validate_table
@@ -49,8 +50,10 @@ from fcn8s.hostnet import LOOPBACK, interface_addresses, local_addresses, resolv
 from fcn8s.logs import setup_logging
 from fcn8s.placement import NodePlan, dynamic_cluster_plan, find_server, rank_table_plan, visible_npus
 from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict
+from fcn8s.restarts import MAX_BACKOFF_SECONDS, RESTART_ENV, RestartPolicy, restart_arguments
 from fcn8s.heartbeat import HEARTBEAT_ENV
-from fcn8s.watchdog import DEFAULT_FIRST_STEP_TIMEOUT, DEFAULT_HANG_TIMEOUT, HangLimits, Watchdog, heartbeat_path
+from fcn8s.watchdog import (DEFAULT_FIRST_STEP_TIMEOUT, DEFAULT_HANG_TIMEOUT, HangLimits, Watchdog, hccl_exec_timeout,
+                            heartbeat_path)
 
 LOG = logging.getLogger("fcn8s.launch")
 STOP_GRACE_SECONDS = 10.0
@@ -58,6 +61,8 @@ STOP_GRACE_SECONDS = 10.0
 SIGNAL_GRACE_ENV = "FCN8S_SIGNAL_GRACE_SECONDS"
 SIGNAL_GRACE_SECONDS = 120.0
 POLL_SECONDS = 0.5
+# A line that starts a log record (ours, MindSpore's, a traceback, a restart mark) rather than continuing one.
+NEW_RECORD = re.compile(r"(\d\d:\d\d:\d\d \[|\[[A-Z]+\]|Traceback |=====)")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -199,14 +204,14 @@ def join_peers(plan: NodePlan, args: NodeOptions) -> Union[Coordinator, Member, 
     return Member(me, master, port, args.rendezvous_timeout)
 
 
-def start_plan(plan: NodePlan, command: Sequence[str], log_dir: str) -> RankProcesses:
-    """Start this node's scheduler (dynamic cluster, node 0) and ranks."""
+def start_plan(plan: NodePlan, command: Sequence[str], log_dir: str, attempt: int = 0) -> RankProcesses:
+    """Start this node's scheduler (dynamic cluster, node 0) and ranks (``attempt``: restarts so far)."""
     os.makedirs(log_dir, exist_ok=True)
     procs = RankProcesses()
     if plan.scheduler:
         procs.scheduler = start_scheduler(plan.scheduler["host"], plan.scheduler["port"], plan.world_size,
                                           rank_base_env(), os.path.join(log_dir, "scheduler.log"))
-    start_workers(procs, {r.rank: r.env for r in plan.ranks}, command, log_dir)
+    start_workers(procs, {r.rank: r.env for r in plan.ranks}, command, log_dir, attempt)
     return procs
 
 
@@ -217,29 +222,41 @@ def rank_base_env() -> Dict[str, str]:
 
 
 def start_workers(procs: RankProcesses, envs: Dict[int, Dict[str, str]], command: Sequence[str],
-                  log_dir: str) -> None:
-    """Start ``command`` once per rank (rank -> extra env), logging to LOG_DIR/rank_K.log, cwd LOG_DIR/rank_K."""
+                  log_dir: str, attempt: int = 0) -> None:
+    """Start ``command`` once per rank (rank -> extra env), logging to LOG_DIR/rank_K.log, cwd LOG_DIR/rank_K.
+
+    A restart (``attempt`` > 0) appends to the logs, after a line that says so.
+    """
     os.makedirs(log_dir, exist_ok=True)
-    base_env = rank_base_env()
+    base_env = {**rank_base_env(), RESTART_ENV: str(attempt)}
     for rank, extra in envs.items():
         workdir = os.path.join(log_dir, f"rank_{rank}")
         os.makedirs(workdir, exist_ok=True)
         heartbeat = heartbeat_path(log_dir, rank)
         if os.path.exists(heartbeat):
             os.remove(heartbeat)  # a previous run's progress
-        with open(os.path.join(log_dir, f"rank_{rank}.log"), "wb") as log:
+        with open(os.path.join(log_dir, f"rank_{rank}.log"), "ab" if attempt else "wb") as log:
+            if attempt:
+                log.write(f"===== restart {attempt} =====\n".encode())
+                log.flush()
             procs.workers[rank] = subprocess.Popen(list(command), cwd=workdir,
                                                    env={**base_env, HEARTBEAT_ENV: heartbeat, **extra},
                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    LOG.info("started %d rank(s); logs in %s/rank_K.log", len(envs), log_dir)
+    LOG.info("started %d rank(s)%s; logs in %s/rank_K.log", len(envs), f" (restart {attempt})" if attempt else "",
+             log_dir)
 
 
 class LogTail:
-    """Copies new lines of one log file to stdout (rank 0's, so the user sees progress)."""
+    """Copies new lines of one log file to stdout (rank 0's, so the user sees progress).
+
+    MindSpore's ``[WARNING]`` records are left out, with their continuation lines (a warning can
+    print whole tensors); they stay in the rank's log file.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.offset = 0
+        self.in_warning = False
 
     def pump(self) -> None:
         if not os.path.exists(self.path):
@@ -250,7 +267,10 @@ class LogTail:
         cut = data.rfind(b"\n") + 1
         self.offset += cut
         for line in data[:cut].decode(errors="replace").splitlines():
-            if not line.startswith("[WARNING]"):
+            if line.startswith("[WARNING]"):
+                self.in_warning = True
+            elif not self.in_warning or NEW_RECORD.match(line):
+                self.in_warning = False
                 print(line, flush=True)
 
 
@@ -261,79 +281,91 @@ def signal_grace_seconds() -> float:
         raise UserError(f"{SIGNAL_GRACE_ENV} must be a number of seconds") from None
 
 
-def supervise(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None] = None,
-              watchdog: Optional[Watchdog] = None, log_dir: Optional[str] = None) -> int:
-    """Wait for all ranks; on the first failure (here or, via ``peers``, on another node) stop them all.
+class SignalForwarder:
+    """While active, SIGINT/SIGTERM to the launcher are recorded and forwarded to the current ranks.
 
-    Failures: a rank exits non-zero, a rank hangs (``watchdog``), the scheduler dies, or another
-    node fails or is lost; each writes LOG_DIR/failure.json (with ``log_dir``).
-    SIGINT/SIGTERM go to the workers only, which stop after their current step (rank 0 saving a
-    checkpoint); the scheduler and stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS
-    (or at once on a second signal). The exit code is then 128 + the signal number.
+    The first signal goes to the workers only (they stop after their step, rank 0 saving a
+    checkpoint); a second one goes to every process at once.
     """
-    received: List[int] = []
-    grace = signal_grace_seconds()
 
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
-        procs.signal_all(signum, workers_only=len(received) == 1)
+    def __init__(self) -> None:
+        self.received: List[int] = []
+        self.procs = RankProcesses()
+        self._previous: Dict[int, object] = {}
 
-    def fail(verdict: Verdict, rank: Optional[int], relay: bool = True) -> int:
-        if peers and relay:
-            peers.report_failure(verdict)  # node 0 relays it to the other nodes
-        code = stop_with(procs, tail, verdict.code)
-        if log_dir:
-            write_failure_report(log_dir, message=verdict.message, exit_code=code, host=this_host(), rank=rank,
-                                 steps=watchdog.last_steps() if watchdog else {},
-                                 log_path=os.path.join(log_dir, f"rank_{rank}.log") if rank is not None else
-                                 os.path.join(log_dir, "scheduler.log") if procs.scheduler else None)
-        return code
+    def __enter__(self) -> "SignalForwarder":
+        self._previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while True:
-            tail.pump()
-            verdict = peers.poll() if peers else None
-            if verdict:
-                LOG.error("%s; stopping this node's ranks", verdict.message)
-                return fail(verdict, None)
-            codes = {rank: p.poll() for rank, p in procs.workers.items()}
-            failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
-                LOG.error("rank %d exited with code %d; stopping the other ranks", rank, code)
-                code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
-                name = signal_name(code)
-                return fail(Verdict(code, f"rank {rank} on {this_host()} exited with code {code}"
-                                          + (f" ({name})" if name else "")), rank)
-            hung = watchdog.check({rank: procs.workers[rank].pid for rank, code in codes.items() if code is None}) \
-                if watchdog else None
-            if hung:
-                LOG.error("%s; stopping the job", hung[1].message)
-                return fail(hung[1], hung[0])
-            scheduler = procs.scheduler.poll() if procs.scheduler else None
-            if scheduler not in (None, 0) and any(code is None for code in codes.values()):
-                message = f"the MindSpore scheduler on {this_host()} exited with code {scheduler}"
-                LOG.error("%s; stopping the ranks", message)
-                return fail(Verdict(scheduler if scheduler > 0 else 128 - scheduler, message), None)
-            if received:
-                LOG.error("received signal %d; stopping all ranks", received[0])
-                deadline = time.monotonic() + grace
-                while len(received) == 1 and time.monotonic() < deadline and \
-                        any(p.poll() is None for p in procs.workers.values()):
-                    tail.pump()
-                    time.sleep(POLL_SECONDS)
-                return stop_with(procs, tail, 128 + received[0])
-            if all(code == 0 for code in codes.values()):
-                verdict = peers.finish() if peers else None
-                if verdict:
-                    LOG.error("%s", verdict.message)
-                    return fail(verdict, None, relay=False)
-                return stop_with(procs, tail, 0)  # the scheduler, if still up
-            time.sleep(POLL_SECONDS)
-    finally:
-        for signum, handler in previous.items():
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        self.procs.signal_all(signum, workers_only=len(self.received) == 1)
+
+    def cancelled(self) -> bool:
+        return bool(self.received)
+
+
+def supervise(procs: RankProcesses, tail: LogTail, signals: SignalForwarder,
+              peers: Union[Coordinator, Member, None] = None, watchdog: Optional[Watchdog] = None) -> Optional[Verdict]:
+    """Wait for this node's ranks; on the first failure (here or, via ``peers``, elsewhere) stop them all.
+
+    Failures: a rank exits non-zero, a rank hangs (``watchdog``), the scheduler dies, another node
+    fails or is lost, or node 0 orders a restart. Returns None when the job succeeded, else the
+    verdict, after this node's processes have stopped.
+    On SIGINT/SIGTERM (``signals``) the workers stop after their current step; the scheduler and
+    stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS (or at once on a second signal), and
+    the verdict's code is 128 + the signal number.
+    """
+    grace = signal_grace_seconds()
+    signals.procs = procs
+    steps = watchdog.last_steps if watchdog else dict
+    while True:
+        tail.pump()
+        verdict = peers.poll() if peers else None
+        if verdict:
+            LOG.error("%s; stopping this node's ranks", verdict.message)
+            return stop_with(procs, tail, verdict)
+        codes = {rank: p.poll() for rank, p in procs.workers.items()}
+        failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
+        if failed:
+            rank, code = failed[0]
+            code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
+            name = signal_name(code)
+            step = steps().get(rank)
+            message = (f"rank {rank} on {this_host()} exited with " + (f"{name} (code {code})" if name else
+                       f"code {code}") + (f" after step {step}" if step is not None else ""))
+            LOG.error("%s; stopping the other ranks", message)
+            return fail_here(procs, tail, peers, Verdict(code, message, rank=rank))
+        hung = watchdog.check({rank: procs.workers[rank].pid for rank, code in codes.items() if code is None}) \
+            if watchdog else None
+        if hung:
+            LOG.error("%s; stopping the job", hung[1].message)
+            return fail_here(procs, tail, peers, Verdict(hung[1].code, hung[1].message, rank=hung[0]))
+        scheduler = procs.scheduler.poll() if procs.scheduler else None
+        if scheduler not in (None, 0) and any(code is None for code in codes.values()):
+            message = f"the MindSpore scheduler on {this_host()} exited with code {scheduler}"
+            LOG.error("%s; stopping the ranks", message)
+            return fail_here(procs, tail, peers, Verdict(scheduler if scheduler > 0 else 128 - scheduler, message))
+        if signals.received:
+            LOG.error("received signal %d; stopping all ranks", signals.received[0])
+            deadline = time.monotonic() + grace
+            while len(signals.received) == 1 and time.monotonic() < deadline and \
+                    any(p.poll() is None for p in procs.workers.values()):
+                tail.pump()
+                time.sleep(POLL_SECONDS)
+            signum = signals.received[0]
+            return stop_with(procs, tail, Verdict(128 + signum, f"the launcher on {this_host()} received "
+                                                                f"{signal.Signals(signum).name}", restartable=False))
+        if all(code == 0 for code in codes.values()):
+            verdict = peers.finish() if peers else None
+            if verdict:
+                LOG.error("%s", verdict.message)
+            return stop_with(procs, tail, verdict)  # the scheduler, if still up
+        time.sleep(POLL_SECONDS)
 
 
 def this_host() -> str:
@@ -342,11 +374,19 @@ def this_host() -> str:
     return f"{socket.gethostname()} ({addresses[0]})" if addresses else socket.gethostname()
 
 
-def stop_with(procs: RankProcesses, tail: LogTail, code: int) -> int:
-    """Stop what is left of this node's processes, show the last log lines, return ``code``."""
+def fail_here(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None],
+              verdict: Verdict) -> Optional[Verdict]:
+    """A failure on this node: tell node 0 first (it decides for all), then stop this node's processes."""
+    if peers:
+        peers.tell(verdict)
+    return stop_with(procs, tail, verdict)
+
+
+def stop_with(procs: RankProcesses, tail: LogTail, verdict: Optional[Verdict]) -> Optional[Verdict]:
+    """Stop what is left of this node's processes, show the last log lines, return ``verdict``."""
     procs.stop()
     tail.pump()
-    return code
+    return verdict
 
 
 def _port(text: str) -> int:
@@ -391,22 +431,74 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_supervision_arguments(parser: argparse.ArgumentParser) -> None:
-    """Hang watchdog settings; shared with the pod entrypoint."""
+    """Hang watchdog and restart settings; shared with the pod entrypoint."""
+    add_hang_arguments(parser)
+    add_restart_arguments(parser)
+
+
+def add_hang_arguments(parser: argparse.ArgumentParser) -> None:
+    """Hang watchdog settings; shared with fcn8s.train (its in-process watchdog)."""
     parser.add_argument("--hang-timeout", type=positive_seconds, metavar="SECONDS",
-                        default=os.environ.get("HANG_TIMEOUT") or str(DEFAULT_HANG_TIMEOUT),
+                        default=os.environ.get("HANG_TIMEOUT") or None,
                         help="stop the job (exit 124) when a training rank finished no step for this long; "
-                             "evaluation and checkpoint writes do not count (HANG_TIMEOUT, default %(default)s)")
+                             "evaluation and checkpoint writes do not count (HANG_TIMEOUT; default 2/3 of "
+                             f"HCCL_EXEC_TIMEOUT, i.e. of dist.hccl_exec_timeout, at most {DEFAULT_HANG_TIMEOUT:.0f}, "
+                             "so that on Ascend the watchdog acts before HCCL and names the rank)")
     parser.add_argument("--first-step-timeout", type=positive_seconds, metavar="SECONDS",
                         default=str(DEFAULT_FIRST_STEP_TIMEOUT),
                         help="the same for start-up and the first step, which compiles the graph "
                              "(default %(default)s)")
 
 
-def watchdog_for(args: argparse.Namespace, log_dir: str, ranks: Sequence[int]) -> Optional[Watchdog]:
-    """A hang watchdog over ``ranks`` when they run the trainer (other modules report no progress)."""
+def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
+    """Automatic restart settings of the supervisors."""
+    parser.add_argument("--max-restarts", type=non_negative_int, metavar="N", default=os.environ.get("MAX_RESTARTS") or "0",
+                        help="restart every rank with --resume auto after a rank died or hung, at most N times per "
+                             "job; never after bad input (exit 2), divergence (3) or a signal to the launcher "
+                             "(MAX_RESTARTS, default %(default)s; see fcn8s/restarts.py)")
+    parser.add_argument("--restart-backoff", type=positive_seconds, metavar="SECONDS",
+                        default=os.environ.get("RESTART_BACKOFF") or "10",
+                        help="wait before the first restart, doubled for each further one up to "
+                             f"{MAX_BACKOFF_SECONDS:.0f} s (RESTART_BACKOFF, default %(default)s)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def restart_policy(args: argparse.Namespace) -> RestartPolicy:
+    """The restart settings of ``args`` (only fcn8s.train knows how to resume)."""
+    if args.max_restarts and args.module != "fcn8s.train":
+        raise UserError(f"--max-restarts restarts fcn8s.train with --resume auto; --module {args.module} "
+                        "cannot be resumed")
+    return RestartPolicy(args.max_restarts, args.restart_backoff)
+
+
+def rank_command(args: argparse.Namespace, module_args: Sequence[str], attempt: int) -> List[str]:
+    """What every rank runs; restarts resume from the newest checkpoint."""
+    return [sys.executable, "-m", args.module, *(restart_arguments(module_args) if attempt else module_args)]
+
+
+def hang_limits(args: argparse.Namespace, module_args: Sequence[str]) -> Optional[HangLimits]:
+    """The watchdog's limits for ranks running fcn8s.train ``module_args`` (None for other modules, which
+    report no progress): below the HCCL_EXEC_TIMEOUT they will run with (environment, else config)."""
     if args.module != "fcn8s.train":
         return None
-    return Watchdog(log_dir, ranks, HangLimits(args.hang_timeout, args.first_step_timeout), this_host())
+    from fcn8s.train_args import train_config  # it builds on this module
+
+    hccl = hccl_exec_timeout(os.environ, train_config(module_args).dist.hccl_exec_timeout)
+    limits = HangLimits.below_hccl(args.hang_timeout, args.first_step_timeout, hccl)
+    LOG.info("hang watchdog: a rank is hung after %.0f s without a step (%.0f s until its first step ends); "
+             "HCCL_EXEC_TIMEOUT %.0f s", limits.hang_timeout, limits.first_step_timeout, hccl)
+    return limits
+
+
+def watchdog_for(limits: Optional[HangLimits], log_dir: str, ranks: Sequence[int]) -> Optional[Watchdog]:
+    """A hang watchdog over ``ranks`` (None without limits)."""
+    return Watchdog(log_dir, ranks, limits, this_host()) if limits else None
 
 
 def add_rank_command_arguments(parser: argparse.ArgumentParser) -> None:
@@ -431,22 +523,93 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
+    policy = restart_policy(args)
+    limits = hang_limits(args, module_args)
     peers = join_peers(plan, options)
+
+    def start(attempt: int) -> RankProcesses:
+        fresh = plan if attempt == 0 or plan.nnodes > 1 else plan_node(options, log_dir, os.environ)  # new port
+        return start_plan(fresh, rank_command(args, module_args, attempt), log_dir, attempt)
+
     try:
-        procs = start_plan(plan, [sys.executable, "-m", args.module, *module_args], log_dir)
-        return supervise_job(procs, log_dir, peers, watchdog_for(args, log_dir, list(procs.workers)))
+        return run_job(start, log_dir, peers, lambda procs: watchdog_for(limits, log_dir, list(procs.workers)), policy)
     finally:
         if peers:
             peers.close()
 
 
-def supervise_job(procs: RankProcesses, log_dir: str, peers: Union[Coordinator, Member, None] = None,
-                  watchdog: Optional[Watchdog] = None) -> int:
-    """Supervise started ranks, showing the lowest rank's log; returns the job's exit code."""
-    code = supervise(procs, LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log")), peers, watchdog,
-                     log_dir)
-    LOG.info("job %s (exit code %d); logs: %s", "finished" if code == 0 else "FAILED", code, log_dir)
-    return code
+def run_job(start: Callable[[int], RankProcesses], log_dir: str, peers: Union[Coordinator, Member, None] = None,
+            watchdog: Callable[[RankProcesses], Optional[Watchdog]] = lambda procs: None,
+            policy: RestartPolicy = RestartPolicy()) -> int:
+    """Start the ranks (``start(restarts so far)``), supervise them, restart the group as ``policy`` allows.
+
+    Shows the lowest rank's log; on the final failure writes LOG_DIR/failure.json. Returns the exit code.
+    """
+    restarts, tail = 0, None
+    with SignalForwarder() as signals:
+        while True:
+            procs = start(restarts)
+            tail = tail or LogTail(os.path.join(log_dir, f"rank_{min(procs.workers)}.log"))
+            dog = watchdog(procs)
+            verdict = supervise(procs, tail, signals, peers, dog)
+            if verdict is None:
+                LOG.info("job finished (exit code 0%s); logs: %s",
+                         f", after {restarts} restart(s)" if restarts else "", log_dir)
+                return 0
+            verdict = decide(verdict, restarts, policy, peers, signals)
+            if verdict.restart is None:
+                write_failure_report(log_dir, message=verdict.message, exit_code=verdict.code, host=this_host(),
+                                     rank=verdict.rank, steps=dog.last_steps() if dog else {},
+                                     log_path=os.path.join(log_dir, f"rank_{verdict.rank}.log")
+                                     if verdict.rank is not None else os.path.join(log_dir, "scheduler.log")
+                                     if procs.scheduler else None, restarts_used=restarts)
+                LOG.info("job FAILED (exit code %d); logs: %s", verdict.code, log_dir)
+                return verdict.code
+            restarts = verdict.restart
+
+
+def decide(verdict: Verdict, used: int, policy: RestartPolicy, peers: Union[Coordinator, Member, None],
+           signals: SignalForwarder) -> Verdict:
+    """Restart (the returned verdict has ``restart`` set, every node ready) or end the job (it has not).
+
+    Node 0 (or a single server) decides with ``policy``; another node follows node 0's decision.
+    """
+    if isinstance(peers, Member) and verdict.restart is None and verdict.local:
+        order = peers.decision(verdict, signals.cancelled)
+        verdict = order if order.restart is not None else replace(verdict, restartable=False)  # what failed here
+    if isinstance(peers, Member):
+        if verdict.restart is None:
+            return verdict
+        LOG.warning("restart %d ordered by node 0 (%s)", verdict.restart, verdict.message)
+        return peers.regroup(verdict.restart, signals.cancelled) or _unless_signalled(verdict, signals)
+    refusal = policy.refusal(verdict, used)
+    if refusal:
+        if policy.max_restarts:
+            LOG.error("not restarting: %s", refusal)
+        if peers:
+            peers.report_failure(verdict)
+        return verdict
+    restart, delay = used + 1, policy.delay(used + 1)
+    LOG.warning("restart %d/%d after %s (in %.0f s, with --resume auto)", restart, policy.max_restarts,
+                verdict.message, delay)
+    if peers:
+        problem = peers.regroup(restart, verdict.message, delay, signals.cancelled)
+        if problem:
+            return problem
+    else:
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not signals.cancelled():
+            time.sleep(0.2)
+    return _unless_signalled(replace(verdict, restart=restart), signals)
+
+
+def _unless_signalled(verdict: Verdict, signals: SignalForwarder) -> Verdict:
+    """``verdict``, or the end of the job if the launcher was signalled meanwhile."""
+    if not signals.received:
+        return verdict
+    name = signal.Signals(signals.received[0]).name
+    return Verdict(128 + signals.received[0], f"the launcher on {this_host()} received {name} before the restart",
+                   restartable=False)
 
 
 if __name__ == "__main__":

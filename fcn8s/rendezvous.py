@@ -5,7 +5,11 @@ launcher (a *member*) connects, says who it is (node rank, node count, world siz
 is refused with the reason if that contradicts node 0. Afterwards each side sends a heartbeat
 every ``HEARTBEAT_SECONDS``: a node whose connection closes (its launcher died: the kernel closes
 the socket) or that is silent for ``PEER_TIMEOUT_SECONDS`` (its link or host is gone) is *lost*,
-and the whole job stops, naming it. A failed rank is reported to node 0, which stops every node.
+and the whole job stops, naming it. A failed rank is reported to node 0, which decides for every
+node: stop (``stop``), or, with restarts allowed (fcn8s/restarts.py), restart together: node 0
+sends ``restart N``, every node stops its ranks and answers ``ready N``, and once all have,
+node 0 waits the back-off and sends ``go N``; then all start their ranks again. Messages carry
+the attempt number, so what a node said about an earlier attempt is ignored.
 One JSON object per line on a plain TCP connection; nothing is sent to other hosts than the job's.
 """
 from __future__ import annotations
@@ -17,15 +21,17 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from queue import Empty, Queue
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from fcn8s.errors import UserError
+from fcn8s.restarts import MAX_BACKOFF_SECONDS
 
 LOG = logging.getLogger("fcn8s.rendezvous")
 HEARTBEAT_SECONDS = 2.0
 PEER_TIMEOUT_SECONDS = 15.0
 CONNECT_RETRY_SECONDS = 1.0
 FINISH_TIMEOUT_SECONDS = 120.0
+REGROUP_TIMEOUT_SECONDS = 120.0  # for every node to stop its ranks before a restart
 EXIT_NODE_LOST = 1
 
 
@@ -48,10 +54,19 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Why the job must stop here, and with which exit code."""
+    """Why the job must stop here, and with which exit code.
+
+    ``restartable`` is False for what a restart cannot fix from here (a lost node, a signal sent to
+    a launcher, node 0's final decision); ``restart`` is set when node 0 ordered restart number N;
+    ``local`` is False for what another node said.
+    """
 
     code: int
     message: str
+    rank: Optional[int] = None
+    restartable: bool = True
+    restart: Optional[int] = None
+    local: bool = True
 
 
 class Channel:
@@ -83,6 +98,18 @@ class Channel:
         except (OSError, ValueError):
             pass
         self.closed = True
+
+    def wait_for(self, event: str, attempt: int, timeout: float, cancelled: Callable[[], bool]) -> Optional[Dict[str, Any]]:
+        """The next ``event`` of ``attempt`` (or a ``stop``); None after ``timeout``, when lost or cancelled."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not cancelled():
+            message = self.next_event(timeout=0.2)
+            if message and (message["event"] == "stop" or
+                            (message["event"] == event and message.get("attempt", 0) == attempt)):
+                return message
+            if message is None and self.lost():
+                return None
+        return None
 
     def next_event(self, timeout: float = 0.0) -> Optional[Dict[str, Any]]:
         try:
@@ -129,6 +156,7 @@ class Coordinator:
         self.members: Dict[int, NodeInfo] = {}
         self.channels: Dict[int, Channel] = {}
         self.done: Set[int] = set()  # nodes whose ranks all finished
+        self.attempt = 0  # restarts so far
         self._gather(port, timeout)
         self._heartbeats = _Heartbeats(list(self.channels.values()))
 
@@ -202,20 +230,47 @@ class Coordinator:
         channel, node = self.channels[node_rank], self.members[node_rank]
         event = channel.next_event()
         while event:
-            if event["event"] == "failed":
-                return Verdict(int(event["code"]), f"{node.describe()}: {event['reason']}")
-            if event["event"] == "done":
+            current = event.get("attempt", 0) == self.attempt
+            if event["event"] == "failed" and current:
+                return Verdict(int(event["code"]), f"{node.describe()}: {event['reason']}",
+                               restartable=bool(event.get("restartable", True)), local=False)
+            if event["event"] == "done" and current:
                 self.done.add(node_rank)
             event = channel.next_event()
         reason = channel.lost()
         if reason and node_rank not in self.done:
-            return Verdict(EXIT_NODE_LOST, f"lost {node.describe()}: {reason}")
+            return Verdict(EXIT_NODE_LOST, f"lost {node.describe()}: {reason}", restartable=False, local=False)
         return None
 
+    def tell(self, verdict: Verdict) -> None:
+        """Node 0's own failures need no message: it decides (:meth:`report_failure` or :meth:`regroup`)."""
+
     def report_failure(self, verdict: Verdict) -> None:
-        """Tell every other node to stop its ranks."""
+        """Tell every other node to stop its ranks: the job ends."""
         for channel in self.channels.values():
             channel.send("stop", code=verdict.code, reason=verdict.message)
+
+    def regroup(self, restart: int, reason: str, delay: float, cancelled: Callable[[], bool]) -> Optional[Verdict]:
+        """Order restart number ``restart``: wait until every node stopped its ranks, then ``delay`` s, then go.
+
+        Returns why the job must end instead (a node did not answer), else None.
+        """
+        self.attempt, self.done = restart, set()
+        for channel in self.channels.values():
+            channel.send("restart", attempt=restart, reason=reason)
+        for node_rank, channel in self.channels.items():
+            answer = channel.wait_for("ready", restart, REGROUP_TIMEOUT_SECONDS, cancelled)
+            if not answer or answer["event"] != "ready":
+                verdict = Verdict(EXIT_NODE_LOST, f"{self.members[node_rank].describe()} did not get ready for "
+                                                  f"restart {restart}", restartable=False)
+                self.report_failure(verdict)
+                return verdict
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not cancelled():
+            time.sleep(0.2)
+        for channel in self.channels.values():
+            channel.send("go", attempt=restart)
+        return None
 
     def finish(self) -> Optional[Verdict]:
         """After node 0's ranks succeeded: wait for every node's, then release them."""
@@ -247,6 +302,7 @@ class Member:
         self.master = master
         self.channel = self._join(master, port, timeout)
         self._heartbeats = _Heartbeats([self.channel])
+        self.attempt = 0  # restarts so far, as node 0 ordered them
 
     def _join(self, master: str, port: int, timeout: float) -> Channel:
         deadline = time.monotonic() + timeout
@@ -272,30 +328,63 @@ class Member:
 
     def poll(self) -> Optional[Verdict]:
         event = self.channel.next_event()
-        if event and event["event"] == "stop":
-            return Verdict(int(event["code"]), f"node 0 stopped the job: {event['reason']}")
+        while event and event["event"] not in ("stop", "restart"):
+            event = self.channel.next_event()
+        if event:
+            return self._order(event)
         reason = self.channel.lost()
         if reason:
-            return Verdict(EXIT_NODE_LOST, f"lost node 0 ({self.master}), the job's coordinator: {reason}")
+            return Verdict(EXIT_NODE_LOST, f"lost node 0 ({self.master}), the job's coordinator: {reason}",
+                           restartable=False, local=False)
         return None
 
-    def report_failure(self, verdict: Verdict) -> None:
-        """Tell node 0 why this node failed (it stops the others)."""
-        self.channel.send("failed", code=verdict.code, reason=verdict.message)
+    @staticmethod
+    def _order(event: Dict[str, Any]) -> Verdict:
+        """Node 0's ``stop`` (final) or ``restart N`` as a verdict."""
+        if event["event"] == "restart":
+            return Verdict(1, f"node 0 restarts the job: {event['reason']}", restart=int(event["attempt"]),
+                           local=False)
+        return Verdict(int(event["code"]), f"node 0 stopped the job: {event['reason']}", restartable=False,
+                       local=False)
+
+    def tell(self, verdict: Verdict) -> None:
+        """Tell node 0 at once why this node's ranks failed (it decides for every node)."""
+        self.channel.send("failed", code=verdict.code, reason=verdict.message, restartable=verdict.restartable,
+                          attempt=self.attempt)
+
+    def decision(self, verdict: Verdict, cancelled: Callable[[], bool]) -> Verdict:
+        """After :meth:`tell`: node 0's answer, ``stop`` or ``restart N``, as a verdict."""
+        answer = self.channel.wait_for("restart", self.attempt + 1, REGROUP_TIMEOUT_SECONDS, cancelled)
+        if answer:
+            return self._order(answer)
+        return Verdict(verdict.code, f"{verdict.message} (node 0 did not answer)", verdict.rank, restartable=False)
+
+    def regroup(self, restart: int, cancelled: Callable[[], bool]) -> Optional[Verdict]:
+        """This node's ranks stopped: say so, and wait for node 0's ``go`` (None) or why not."""
+        self.attempt = restart
+        self.channel.send("ready", attempt=restart)
+        answer = self.channel.wait_for("go", restart, REGROUP_TIMEOUT_SECONDS + MAX_BACKOFF_SECONDS, cancelled)
+        if answer and answer["event"] == "go":
+            return None
+        if answer:
+            return self._order(answer)
+        return Verdict(EXIT_NODE_LOST, f"node 0 ({self.master}) did not restart the job", restartable=False)
 
     def finish(self) -> Optional[Verdict]:
         """After this node's ranks succeeded: tell node 0 and wait for the whole job to finish."""
-        self.channel.send("done")
+        self.channel.send("done", attempt=self.attempt)
         deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             event = self.channel.next_event(timeout=0.5)
             if event and event["event"] == "finished":
                 return None
-            if event and event["event"] == "stop":
-                return Verdict(int(event["code"]), f"node 0 stopped the job: {event['reason']}")
+            if event and event["event"] in ("stop", "restart"):
+                return self._order(event)
             if self.channel.lost():
-                return Verdict(EXIT_NODE_LOST, f"lost node 0 ({self.master}) before the job finished")
-        return Verdict(EXIT_NODE_LOST, f"node 0 ({self.master}) did not confirm the end of the job")
+                return Verdict(EXIT_NODE_LOST, f"lost node 0 ({self.master}) before the job finished",
+                               restartable=False, local=False)
+        return Verdict(EXIT_NODE_LOST, f"node 0 ({self.master}) did not confirm the end of the job",
+                       restartable=False, local=False)
 
     def close(self) -> None:
         self._heartbeats.stopped.set()

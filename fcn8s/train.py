@@ -14,7 +14,15 @@ checkpoint, and every rank exits with 128 + the signal number (143 for SIGTERM, 
 Rank 0 writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, lr, loss scale, images/s),
 ``config.yaml`` and, at the end, ``plots/{loss,lr,loss_scale,images_per_second}.png``.
 
-Exit codes: 0 done, 2 bad input (config, data, checkpoint), 3 training diverged,
+Hangs: under ``fcn8s.launch`` / run_distribute.sh the launcher watches the ranks. Started directly
+(``mpirun -n N python -m fcn8s.train``, ``srun``, ``msrun``), each rank runs its own watchdog thread
+(fcn8s/rank_watchdog.py): after ``--hang-timeout`` seconds (HANG_TIMEOUT) without progress
+(``--first-step-timeout`` until the first step, which compiles the graph, is done; evaluation and
+checkpoint writes do not count) it names the rank, host and last finished step, writes
+failure.json (LOG_DIR if set, else run.output_dir) and exits with 124, so mpirun/srun stop the job.
+With OpenMPI on several hosts pass the variable on: ``mpirun -x HANG_TIMEOUT ...``.
+
+Exit codes: 0 done, 2 bad input (config, data, checkpoint), 3 training diverged, 124 hung,
 130/143 stopped by SIGINT/SIGTERM after saving (rerun with --resume auto).
 """
 from __future__ import annotations
@@ -25,31 +33,22 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from fcn8s.config import add_config_arguments, config_from_args, resolve_path, save_config
+from fcn8s.config import Config, config_from_args, resolve_path, save_config
 from fcn8s.data.pipeline import count_samples
-from fcn8s.distributed import SELF_BOOTSTRAPPED, detect_launcher, finalize_mpi
+from fcn8s.distributed import SELF_BOOTSTRAPPED, DistContext, detect_launcher, finalize_mpi
 from fcn8s.errors import run_cli
+from fcn8s.launch import this_host
 from fcn8s.model import build_model, resolve_conv_impl
 from fcn8s.plots import plot_training_curves
 from fcn8s.pretrained import load_pretrained_backbone
 from fcn8s.preemption import TrainingInterrupted
+from fcn8s.rank_watchdog import RankWatchdog
 from fcn8s.runtime import resolve_device_target, start
+from fcn8s.train_args import build_parser
 from fcn8s.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
+from fcn8s.watchdog import HangLimits, hccl_exec_timeout
 
 LOG = logging.getLogger("fcn8s.train")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fcn8s.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrained", metavar="PATH",
-                        help="ImageNet VGG16-BN .ckpt (model-zoo or mindcv names) for the backbone; same as "
-                             "model.pretrained=PATH; ignored when resuming (the checkpoint holds the weights)")
-    parser.add_argument("--resume", metavar="auto|PATH",
-                        help="continue training: 'auto' = newest complete checkpoint in the output dir "
-                             "(start fresh if none), or a checkpoint path")
-    add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
-    return parser
 
 
 def resume_path(resume: Optional[str], trainer: Trainer) -> Optional[str]:
@@ -63,16 +62,30 @@ def resume_path(resume: Optional[str], trainer: Trainer) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)
     if args.pretrained:
         args.overrides.append(f"model.pretrained={args.pretrained}")
     cfg = config_from_args(args)
     ctx = start(cfg)
+    limits = HangLimits.below_hccl(args.hang_timeout, args.first_step_timeout,
+                                   hccl_exec_timeout(os.environ, cfg.dist.hccl_exec_timeout))
+    watchdog = RankWatchdog.for_rank(ctx, limits, cfg.run.output_dir, this_host())
+    try:
+        return train(args, cfg, ctx, watchdog)
+    finally:
+        if watchdog:
+            watchdog.stop()
+
+
+def train(args: argparse.Namespace, cfg: Config, ctx: DistContext, watchdog: Optional[RankWatchdog]) -> int:
+    """Build the model and trainer, resume or load pretrained weights, train; returns the exit code."""
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.run.output_dir, "config.yaml"))
     conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
     net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level)
     trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir))
+    if watchdog:
+        watchdog.watch(trainer.heartbeat)
     checkpoint = resume_path(args.resume, trainer)
     if checkpoint:
         trainer.resume(checkpoint)

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -38,6 +38,7 @@ from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
+from fcn8s.stragglers import StragglerMonitor
 
 LOG = logging.getLogger(__name__)
 EXIT_DIVERGED = 3
@@ -64,9 +65,27 @@ def _as_is(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor]:
     return images, labels
 
 
+class TrainStep:
+    """``step(images, labels) -> (loss, finite, loss_scale)``, also callable in two halves.
+
+    ``local(images, labels) -> (scaled_loss, grads)`` is this rank's own work (no communication);
+    ``apply(scaled_loss, grads)`` does the rest: mean over ranks -> unscale -> all_finite -> update only
+    if finite -> adjust the loss scale. Timing ``local`` tells a slow rank from the ranks that wait for it
+    in the all-reduce (see :mod:`fcn8s.stragglers`). Calling the step itself runs both halves as one
+    fused graph; the results are bit-identical. Each graph compiles when first called.
+    """
+
+    def __init__(self, local: Callable, apply: Callable, fused: Callable) -> None:
+        self.local, self.apply, self._fused = local, apply, fused
+
+    def __call__(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+        return self._fused(images, labels)
+
+
 def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler,
-                    grad_reducer: Callable, prepare: Callable = _as_is, jit: bool = True) -> Callable:
-    """Build ``step(images, labels) -> (loss, finite, loss_scale)``; skips the update on overflow.
+                    grad_reducer: Callable, prepare: Callable = _as_is, jit: bool = True) -> TrainStep:
+    """Build the :class:`TrainStep` ``step(images, labels) -> (loss, finite, loss_scale)``; skips the update
+    on overflow.
 
     ``prepare`` turns the pipeline's batch into network input and loss targets inside the graph
     (the trainer passes :class:`TrainInput`, which normalises the pipeline's uint8 crops).
@@ -77,9 +96,11 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
 
     grad_fn = ms.value_and_grad(forward, None, optimizer.parameters)
 
-    def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+    def local(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, Tuple[ms.Tensor, ...]]:
         images, labels = prepare(images, labels)
-        scaled_loss, grads = grad_fn(images, labels)
+        return grad_fn(images, labels)
+
+    def apply(scaled_loss: ms.Tensor, grads: Tuple[ms.Tensor, ...]) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
         grads = grad_reducer(grads)
         loss = scaler.unscale(scaled_loss)
         grads = scaler.unscale(grads)
@@ -89,7 +110,12 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
         scaler.adjust(finite)
         return loss, finite, scaler.scale_value.value()
 
-    return ms.jit(step) if jit else step
+    def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+        scaled_loss, grads = local(images, labels)
+        return apply(scaled_loss, grads)
+
+    compile_ = ms.jit if jit else (lambda fn: fn)
+    return TrainStep(compile_(local), compile_(apply), compile_(step))
 
 
 def parameter_checksum(net: nn.Cell) -> str:
@@ -159,6 +185,12 @@ class Trainer:
         self.metrics_path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
         self.heartbeat = Heartbeat()
         self.faults = FaultInjector(int(ctx.rank or 0))
+        # Several ranks: once per log interval one step runs as two halves, and this rank's own work on it
+        # (batch fetch + local half) is compared across ranks. Other steps run fused (the halves are slower).
+        self.stragglers = (StragglerMonitor(ctx, tcfg.straggler_factor, tcfg.straggler_intervals, LOG)
+                           if ctx.distributed and tcfg.straggler_intervals else None)
+        self.fetch_seconds = 0.0
+        self.halves_compiled = False
 
     def resume(self, path: str) -> None:
         """Continue from a checkpoint written by training (weights, momentum, loss scaler, position)."""
@@ -213,17 +245,25 @@ class Trainer:
             self.heartbeat.beat("step")
 
     def _evaluate(self) -> Dict[str, object]:
-        """Val metrics of the current weights (every rank scores its share; BN in inference mode)."""
+        """Val metrics of the current weights (every rank scores its share; BN in inference mode).
+
+        The whole evaluation reports the busy "eval" phase, renewed after each batch and kept while
+        this rank waits for the others in the final sum, so the hang watchdog does not count it.
+        """
         cfg = self.cfg
-        predictor = Predictor(self.net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
         self.heartbeat.beat("eval")
+        LOG.info("evaluating at step %d (%d px canvas)", self.step, cfg.eval.image_size)
+        started = time.perf_counter()
+        predictor = Predictor(self.net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
         try:
-            summary = summarize(sum_across_ranks(evaluate(cfg, self.ctx, predictor), self.ctx))
+            hist = evaluate(cfg, self.ctx, predictor, progress=lambda _scored: self.heartbeat.beat("eval"))
+            summary = summarize(sum_across_ranks(hist, self.ctx))
         finally:
             self.net.set_train(True)
             self.heartbeat.beat("step")
         keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
-        LOG.info("val at step %d: %s", self.step, ", ".join(f"{key} {summary[key]:.4f}" for key in keys))
+        LOG.info("val at step %d: %s (eval took %.1f s)", self.step,
+                 ", ".join(f"{key} {summary[key]:.4f}" for key in keys), time.perf_counter() - started)
         return {key: summary[key] for key in keys}
 
     def fit(self) -> Dict[str, object]:
@@ -245,12 +285,13 @@ class Trainer:
                         disable=not (self.ctx.is_main and sys.stderr.isatty()))
         self.first_step_seconds: Optional[float] = None
         self.window: List[float] = []  # wall seconds per step (data + compute) since the last report
+        self.own_window: List[float] = []  # own work (no waiting for others) on this interval's timed step
         loss_value = float("nan")
         with logging_redirect_tqdm(), progress, StopRequest() as stop:
             while self.step < self.total_steps:
                 dataset = create_train_dataset(self.cfg, self.ctx.rank, self.ctx.size, self.epoch, self.consumed)
                 self.last_tick = time.perf_counter()
-                for images, labels in dataset.create_tuple_iterator(num_epochs=1):
+                for images, labels in self._timed_batches(dataset.create_tuple_iterator(num_epochs=1)):
                     loss_value = self._train_one(images, labels)
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss_value:.4f}")
@@ -268,6 +309,17 @@ class Trainer:
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}
 
+    def _timed_batches(self, batches: Iterator) -> Iterator:
+        """The batches of ``batches``; ``self.fetch_seconds`` = how long this rank waited for the last one."""
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.fetch_seconds = time.perf_counter() - start
+            yield batch
+
     def _barrier(self) -> None:
         """Wait for every rank (so none exits while rank 0 is still writing a checkpoint)."""
         sum_across_ranks(np.zeros(1, np.int64), self.ctx)
@@ -282,21 +334,33 @@ class Trainer:
     def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> float:
         """One optimisation step plus its bookkeeping (timing, divergence, logs, checkpoints)."""
         epoch = self.epoch
-        self.heartbeat.beat("compile" if self.first_step_seconds is None else "run")
-        loss, finite, scale = self.step_fn(images, labels)
+        # The same steps on every rank: the first of each log interval after the compile step (the first
+        # such step compiles the halves and is not counted either).
+        timed = self.stragglers is not None and self.first_step_seconds is not None and not self.own_window
+        warmup = timed and not self.halves_compiled
+        self.heartbeat.beat("compile" if self.first_step_seconds is None or warmup else "run")
+        if timed:
+            loss, finite, scale, own_seconds = self._timed_step(images, labels)
+        else:
+            loss, finite, scale = self.step_fn(images, labels)
         loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
         self._advance()
         now = time.perf_counter()
         if self.first_step_seconds is None:
             self.first_step_seconds = now - self.last_tick
             LOG.info("first step (graph compile + run) took %.1f s", self.first_step_seconds)
+        elif warmup:
+            self.halves_compiled = True
+            LOG.info("first timed step (straggler check: step halves compile + run) took %.1f s", now - self.last_tick)
         else:
             self.window.append(now - self.last_tick)
+            if timed:
+                self.own_window.append(now - self.last_tick)  # BUG DRILL: wall step time
         self.last_tick = now
         self.guard.update(self.step, loss_value, finite_value)
         if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
             self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
-            self.window = []
+            self.window, self.own_window = [], []
         tcfg = self.cfg.train
         if tcfg.eval_interval and self.step % tcfg.eval_interval == 0 and self.step < self.total_steps:
             self._save(metrics=self._evaluate())
@@ -306,6 +370,14 @@ class Trainer:
         self.heartbeat.beat("step", self.step)  # last: a rank stuck in this step's bookkeeping stays behind
         return loss_value
 
+    def _timed_step(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor, float]:
+        """The step as its two halves; also returns this rank's own work: batch fetch + local half, in seconds."""
+        start = time.perf_counter()
+        scaled_loss, grads = self.step_fn.local(images, labels)
+        ms.runtime.synchronize()  # graphs run asynchronously (CPU too): wait for this rank's local half
+        own_seconds = self.fetch_seconds + time.perf_counter() - start
+        return (*self.step_fn.apply(scaled_loss, ms.mutable(grads)), own_seconds)
+
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
         seconds = float(np.mean(window)) if window else None  # None: only the compile step so far
         images_per_s = self.global_batch / seconds if seconds else None
@@ -313,6 +385,9 @@ class Trainer:
         timing = f"step {seconds:.2f} s {images_per_s:.1f} img/s" if seconds else "(compile step)"
         LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s %s", epoch, step, self.total_steps, loss, lr,
                  scale, "" if finite else " (overflow: update skipped)", timing)
+        across: Dict[str, object] = {}
+        if self.stragglers is not None and self.own_window:  # same window on every rank: all join the collective
+            across = self.stragglers.interval(float(np.mean(self.own_window)))
         if self.ctx.is_main:
             self._log_metrics({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "loss_scale": scale,
-                               "step_seconds": seconds, "images_per_second": images_per_s})
+                               "step_seconds": seconds, "images_per_second": images_per_s, **across})

@@ -8,17 +8,21 @@ can be told from those that then wait for it. A rank that exited is the supervis
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
+from fcn8s.errors import UserError
 from fcn8s.heartbeat import BUSY_PHASES, FIRST_STEP_PHASES, read_heartbeat
 from fcn8s.rendezvous import Verdict
 
 EXIT_HUNG = 124  # as timeout(1)
 DEFAULT_HANG_TIMEOUT = 1200.0  # below HCCL_EXEC_TIMEOUT's 1836 s default: the watchdog acts first and explains
 DEFAULT_FIRST_STEP_TIMEOUT = 3600.0
+HCCL_SHARE = 2 / 3  # default hang time-out as a share of HCCL_EXEC_TIMEOUT (a hung step's collective starts late)
+LOG = logging.getLogger("fcn8s.watchdog")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,42 @@ class HangLimits:
 
     hang_timeout: float
     first_step_timeout: float
+
+    @classmethod
+    def below_hccl(cls, hang_timeout: Optional[float], first_step_timeout: float,
+                   hccl_exec_timeout: float) -> "HangLimits":
+        """The limits for HCCL_EXEC_TIMEOUT ``hccl_exec_timeout``: by default 2/3 of it (at most 1200 s),
+        so on Ascend the watchdog names the hung rank before HCCL fails the collective; a
+        ``hang_timeout`` the user gave is kept, with a warning when it is not below HCCL's."""
+        if hang_timeout is None:
+            return cls(min(DEFAULT_HANG_TIMEOUT, round(hccl_exec_timeout * HCCL_SHARE)), first_step_timeout)
+        if hang_timeout >= hccl_exec_timeout:
+            LOG.warning("hang time-out %.0f s is not below HCCL_EXEC_TIMEOUT %.0f s: on Ascend a hung collective "
+                        "fails with HCCL's error first, without naming the rank (lower HANG_TIMEOUT)",
+                        hang_timeout, hccl_exec_timeout)
+        return cls(hang_timeout, first_step_timeout)
+
+    def exceeded(self, report: Dict, now: float) -> bool:
+        """Whether the rank of heartbeat ``report`` has been silent for too long at time ``now``."""
+        if report["phase"] in BUSY_PHASES or report["phase"] == "done":
+            return False
+        limit = self.first_step_timeout if report["phase"] in FIRST_STEP_PHASES else self.hang_timeout
+        return now - float(report["time"]) > limit
+
+
+def hccl_exec_timeout(env: Mapping[str, str], configured: float) -> float:
+    """The HCCL_EXEC_TIMEOUT ranks run with: the environment's (it wins, fcn8s/distributed.py), else ``configured``."""
+    text = env.get("HCCL_EXEC_TIMEOUT") or str(configured)
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"HCCL_EXEC_TIMEOUT={text!r}: expected a number of seconds") from None
+
+
+def position(report: Dict) -> str:
+    """Where in training the rank of heartbeat ``report`` is, e.g. "in step 4"."""
+    return {"start": "before its first step", "compile": "in its first step (graph compile)",
+            "run": f"in step {report['step'] + 1}"}.get(report["phase"], f"after step {report['step']}")
 
 
 class Watchdog:
@@ -51,24 +91,16 @@ class Watchdog:
         now = time.time()
         reports = {rank: read_heartbeat(self.paths[rank]) or {"step": 0, "phase": "start", "time": self.started}
                    for rank in running}
-        over = [rank for rank, report in reports.items() if self._silent_too_long(report, now)]
+        over = [rank for rank, report in reports.items() if self.limits.exceeded(report, now)]
         if not over:
             return None
         stopped = [rank for rank, pid in running.items() if process_state(pid) == "T"]
         rank = stopped[0] if stopped else min(over, key=lambda r: (_progress(reports[r]), reports[r]["time"]))
         report = reports[rank]
         silent = now - float(report["time"])
-        where = {"start": "before its first step", "compile": "in its first step (graph compile)",
-                 "run": f"in step {report['step'] + 1}"}.get(report["phase"], f"after step {report['step']}")
         state = " (process stopped)" if stopped else ""
         return rank, Verdict(EXIT_HUNG, f"rank {rank} on {self.host} hung{state}: no progress for {silent:.0f} s "
-                                        f"{where}")
-
-    def _silent_too_long(self, report: Dict, now: float) -> bool:
-        if report["phase"] in BUSY_PHASES or report["phase"] == "done":
-            return False
-        limit = self.limits.first_step_timeout if report["phase"] in FIRST_STEP_PHASES else self.limits.hang_timeout
-        return now - float(report["time"]) > limit
+                                        f"{position(report)}")
 
 
 def _progress(report: Dict) -> Tuple[int, int]:

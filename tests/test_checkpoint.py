@@ -91,9 +91,15 @@ def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(t
         proc.wait()
     finally:
         proc.kill()
-    path = CheckpointManager(str(tmp_path), 2, "d").latest()
+    manager = CheckpointManager(str(tmp_path), 2, "d")
+    path = manager.latest()
     assert path is not None and os.path.basename(path).startswith("fcn8s-step")
     assert ms.load_checkpoint(path)["w"].shape == (64, 1024, 1024)
+    abandoned = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert abandoned  # the killed writer's half-written file (hundreds of MB)...
+    net, optimizer, scaler = _state()
+    manager.save(training_state(net, optimizer, scaler), 5, POSITION)  # ...is removed by the next save
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
 def test_retention_keeps_the_last_k_and_the_best_miou(tmp_path):

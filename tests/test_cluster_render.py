@@ -38,11 +38,11 @@ def test_slurm_script_requests_one_task_per_device(tmp_path):
     assert result.stdout.strip() == f"wrote {tmp_path / 'fcn8s.sbatch'}"
     directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
     assert directives == ["--job-name=seg-run", "--nodes=2", "--ntasks-per-node=4", "--output=%x-%j.out",
-                          "--partition=debug", "--time=01:00:00", "--gres=npu:4"]
+                          "--requeue", "--open-mode=append", "--partition=debug", "--time=01:00:00", "--gres=npu:4"]
     srun = text[text.index("exec srun"):]
     assert "--kill-on-bad-exit=1" in srun and "--nodes=2 --ntasks-per-node=4" in srun
     assert ('-m fcn8s.train --config configs/cpu_smoke.yaml --set train.max_steps=7 '
-            '--set "run.output_dir=${OUTPUT_DIR}"') in srun
+            '--set "run.output_dir=${OUTPUT_DIR}" --resume "${RESUME}"') in srun
     assert "DEFAULT_OUTPUT_DIR='out dir'" in text  # the override's value, shell-quoted
     checked = subprocess.run([SHELLCHECK, str(tmp_path / "fcn8s.sbatch")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout
@@ -98,8 +98,31 @@ def test_slurm_script_honours_python_repo_dir_and_output_dir(tmp_path):
     assert lines[:2] == [REPO, REPO]
     assert lines[2:] == ["--kill-on-bad-exit=1", "--label", "--nodes=2", "--ntasks-per-node=4", "/opt/py/bin/python",
                          "-m", "fcn8s.train", "--config", "configs/cpu_smoke.yaml", "--set", "train.max_steps=7",
-                         "--set", "run.output_dir=/scratch/run1"]
+                         "--set", "run.output_dir=/scratch/run1", "--resume", "auto"]
     assert "checkpoints in /scratch/run1/checkpoints" in done.stdout
+
+
+@pytest.mark.parametrize("resume, first_attempt", [(None, "auto"), ("auto", "auto"), ("/ck pt/a.ckpt", "/ck pt/a.ckpt")])
+def test_slurm_script_is_requeueable_and_every_attempt_resumes(tmp_path, resume, first_attempt):
+    """Preemption, node failure or `scontrol requeue` rerun the script under the same job id (SLURM_RESTART_COUNT
+    counts the reruns): it must continue from the job's newest checkpoint and append to the same log."""
+    extra = ("--resume", resume) if resume else ()
+    result, text = render(tmp_path, "slurm", "--sbatch-arg=--requeue", "--sbatch-arg=--signal=B:TERM@300", *extra)
+    assert result.returncode == 0, result.stderr
+    directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
+    assert directives.count("--requeue") == 1 and "--open-mode=append" in directives  # the extra copy is dropped
+    assert directives[-1] == "--signal=B:TERM@300"
+    script = tmp_path / "fcn8s.sbatch"
+    for restarts, expected in ((None, first_attempt), ("0", first_attempt), ("1", "auto"), ("2", "auto")):
+        env = {"SLURM_JOB_ID": "42"} if restarts is None else {"SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": restarts}
+        done, lines = run_with_stub_srun(tmp_path, script, **env)
+        assert done.returncode == 0, done.stderr
+        assert lines[-2:] == ["--resume", expected], (restarts, lines)
+        attempt = 1 + int(restarts or 0)
+        assert f"job 42 attempt {attempt} (SLURM_RESTART_COUNT={restarts or 0})" in done.stdout
+        assert f"--resume {expected}" in done.stdout
+    checked = subprocess.run([SHELLCHECK, str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
 
 
 @pytest.mark.parametrize("args, message", [

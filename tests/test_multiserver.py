@@ -302,3 +302,26 @@ def test_cutting_a_servers_link_stops_the_job_on_both_sides(servers, job_dir):
     time.sleep(1)
     assert servers.pids(0) == [] and servers.pids(1) == []
     shutil.rmtree(job_dir / "out", ignore_errors=True)
+
+
+def test_a_failed_rank_restarts_every_server_together(servers, job_dir, reference):
+    """Rank 3 (server 1) fails after step 2 of the first run: node 0 decides to restart, both servers
+    stop their ranks, say ready, and start again with --resume auto; the result equals the 1 x 4 job."""
+    out = job_dir / "out"
+    started = [start_run_distribute(servers, k, 2, job_dir, out, 29670, MAX_RESTARTS=1, RESTART_BACKOFF=1,
+                                    FCN8S_FAULT="exit:rank=3:step=2:code=1") for k in (0, 1)]
+    codes = wait_all([proc for proc, _ in started])
+    launchers = [read(job_dir / f"launcher{k}.out") for k in (0, 1)]
+    text = "".join(read(logs / f"rank_{r}.log") for _, logs in started for r in range(4))
+    assert codes == [0, 0], launchers[0][-3000:] + launchers[1][-3000:]
+    assert re.search(r"restart 1/1 after node 1 \(198\.18\.7\.2, ranks 2-3\): rank 3 on .* exited with code 1",
+                     launchers[0]), launchers[0][-3000:]
+    assert "restart 1 ordered by node 0 (node 0 restarts the job: node 1 (198.18.7.2" in launchers[1]
+    assert text.count("===== restart 1 =====") == 4  # every rank on both servers ran again
+    sums = checksums(text)  # the last checksum line of each rank: the restarted run's
+    assert sorted(sums) == ["0", "1", "2", "3"] and len(set(sums.values())) == 1, sums
+    diff = run_module("tests.ckpt_diff", os.path.join(out, "checkpoints", "fcn8s-final.ckpt"), reference, check=True)
+    assert json.loads(diff.stdout)["max_abs_diff"] <= 1e-5
+    time.sleep(1)
+    assert servers.pids(0) == [] and servers.pids(1) == []
+    shutil.rmtree(out)

@@ -81,12 +81,13 @@ def test_a_member_without_a_coordinator_gives_up_with_the_address():
 def test_a_failed_rank_is_relayed_and_a_clean_end_is_confirmed():
     coordinator, members, errors = form([node(1)])
     assert not errors
-    members[1].report_failure(Verdict(137, "rank 3 exited with code 137"))
+    members[1].tell(Verdict(137, "rank 3 exited with code 137", rank=3))
     verdict = wait_for(coordinator.poll, 5)
-    assert verdict == Verdict(137, "node 1 (198.18.7.2, ranks 2-3): rank 3 exited with code 137")
+    assert verdict == Verdict(137, "node 1 (198.18.7.2, ranks 2-3): rank 3 exited with code 137", local=False)
     coordinator.report_failure(verdict)
-    stop = wait_for(members[1].poll, 5)
+    stop = members[1].decision(verdict, lambda: False)
     assert stop.code == 137 and stop.message.startswith("node 0 stopped the job: node 1")
+    assert stop.restart is None and not stop.restartable
     coordinator.close(), members[1].close()
 
     coordinator, members, _ = form([node(1)])
@@ -134,4 +135,50 @@ def test_a_node_that_finishes_first_is_not_forgotten():
     assert coordinator.finish() is None
     thread.join(10)
     assert done == {"verdict": None}
+    coordinator.close(), members[1].close()
+
+
+def test_a_restart_is_ordered_by_node_0_and_started_together():
+    """Node 1 fails; node 0 orders restart 1; node 1 stops, says ready; node 0 waits the back-off, then go."""
+    coordinator, members, _ = form([node(1)])
+    member = members[1]
+    member.tell(Verdict(124, "rank 2 hung", rank=2))
+    failure = wait_for(coordinator.poll, 5)
+    assert failure.code == 124 and failure.restartable and not failure.local
+    answers = {}
+
+    def follow():
+        order = member.decision(failure, lambda: False)
+        answers["order"] = order
+        answers["ready_at"] = time.monotonic()
+        answers["go"] = member.regroup(order.restart, lambda: False)
+        answers["go_at"] = time.monotonic()
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    assert coordinator.regroup(1, failure.message, 1.0, lambda: False) is None
+    thread.join(10)
+    assert answers["order"].restart == 1 and "node 0 restarts the job: node 1" in answers["order"].message
+    assert answers["go"] is None and answers["go_at"] - answers["ready_at"] >= 0.9  # the back-off
+    assert (coordinator.attempt, member.attempt) == (1, 1)
+    # what node 1 says about the earlier attempt is ignored; about this one it is not
+    member.channel.send("failed", code=1, reason="late news", restartable=True, attempt=0)
+    member.channel.send("done", attempt=0)
+    time.sleep(0.5)
+    assert coordinator.poll() is None and coordinator.done == set()
+    member.tell(Verdict(137, "rank 3 exited with SIGKILL (code 137)", rank=3))
+    assert wait_for(coordinator.poll, 5).message.endswith("rank 3 exited with SIGKILL (code 137)")
+    coordinator.close(), member.close()
+
+
+def test_a_node_that_does_not_get_ready_ends_the_job(monkeypatch):
+    monkeypatch.setattr(rendezvous, "REGROUP_TIMEOUT_SECONDS", 1.0)
+    coordinator, members, _ = form([node(1)])
+    problem = coordinator.regroup(1, "rank 0 hung", 0.1, lambda: False)  # node 1 never answers
+    assert problem.code == rendezvous.EXIT_NODE_LOST and not problem.restartable
+    assert "node 1 (198.18.7.2, ranks 2-3) did not get ready for restart 1" in problem.message
+    order = wait_for(members[1].poll, 5)
+    assert order.restart == 1
+    stop = members[1].regroup(1, lambda: False)  # node 1 comes too late: it is told to stop, not left waiting
+    assert stop.message.startswith("node 0 stopped the job") and stop.restart is None and not stop.restartable
     coordinator.close(), members[1].close()

@@ -1,6 +1,7 @@
 """Hang watchdog, fault injection and failure reports: units, then real 2-rank CPU jobs."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,6 +21,7 @@ from tests.test_distributed import _job_pids, _train_args
     ("hang:rank=1:step=3", Fault("hang", 1, 3)),
     ("exit:rank=0:step=2:code=7", Fault("exit", 0, 2, 7)),
     ("raise:step=5:rank=2", Fault("raise", 2, 5)),
+    ("exit:rank=1:step=4:attempt=1", Fault("exit", 1, 4, 1, 1)),
 ])
 def test_fault_settings_parse(text, fault):
     assert parse_fault(text) == fault
@@ -38,8 +40,11 @@ def test_fault_injection_is_off_by_default_and_loud_when_on(caplog):
     assert "FAULT INJECTION ON" in caplog.text
     injector.after_step(2)
     FaultInjector(0, "raise:rank=1:step=3").after_step(3)  # another rank
+    FaultInjector(1, "raise:rank=1:step=3", attempt=1).after_step(3)  # fires in the first run only
     with pytest.raises(RuntimeError, match="injected fault after step 3"):
         injector.after_step(3)
+    with pytest.raises(RuntimeError, match="injected fault after step 3"):
+        FaultInjector(1, "raise:rank=1:step=3:attempt=2", attempt=2).after_step(3)
 
 
 def test_watchdog_names_a_silent_rank_and_spares_busy_ones(tmp_path):
@@ -97,13 +102,37 @@ def test_failure_report_picks_out_error_lines(tmp_path):
     assert signal_name(1) is None and signal_name(143) == "SIGTERM"
 
 
+def test_failure_summary_says_who_how_how_far_and_shows_the_log(tmp_path, caplog):
+    log = tmp_path / "rank_1.log"
+    log.write_text("[WARNING] DISTRIBUTED: BuildCluster] Topology build timed out., retry(1/3600).\nstep 11 done\n"
+                   "[ERROR] DEVICE(1) EI0006: HcclAllReduce is timed out\r\nlast words\n")
+    write_failure_report(str(tmp_path), message="rank 1 on srv1 (198.18.7.2) hung: no progress for 31 s after step 11",
+                         exit_code=EXIT_HUNG, host="srv1 (198.18.7.2)", rank=1, steps={0: 12, 1: 11},
+                         log_path=str(log), restarts_used=2)
+    text = caplog.text
+    assert "FAILED: rank 1 on srv1 (198.18.7.2) hung: no progress for 31 s after step 11 (exit code 124)" in text
+    assert "steps reached: rank 0: 12, rank 1: 11; restarts used: 2" in text
+    assert "error lines of rank_1.log:\n    [ERROR] DEVICE(1) EI0006: HcclAllReduce is timed out\n  last" in text
+    assert "retry(1/3600).\n    step 11 done\n" in text and text.rstrip().endswith("timed out\n    last words")
+    scheduler = tmp_path / "scheduler.log"
+    scheduler.write_text("scheduler up\n")
+    report = json.load(open(write_failure_report(
+        str(tmp_path), message="the MindSpore scheduler on srv0 exited with SIGKILL (code 137)", exit_code=137,
+        host="srv0", rank=None, steps={0: 3, 1: 3}, log_path=str(scheduler), process="scheduler")))
+    assert (report["process"], report["signal"], report["log_tail"]) == ("scheduler", "SIGKILL", ["scheduler up"])
+    assert "(exit code 137, SIGKILL)" in caplog.text and "last lines of scheduler.log:\n    scheduler up" in caplog.text
+
+
 def _start(tmp_path, train_args, *overrides, **env):
     """run_distribute.sh with 2 CPU ranks; returns (launcher, logs dir, marker of its processes)."""
     logs = tmp_path / "logs"
     environ = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tmp_path.name,
                **{k: str(v) for k, v in env.items()}}
-    launcher = subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *train_args[1:], *overrides],
-                                cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with open(tmp_path / "launcher.out", "w") as output:  # a file: a full pipe would block the launcher
+        launcher = subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *train_args[1:], *overrides],
+                                    cwd=REPO, env=environ, stdout=output, stderr=subprocess.STDOUT)
+    launcher.output_path = tmp_path / "launcher.out"
     return launcher, logs, f"FCN8S_TEST_MARKER={tmp_path.name}"
 
 
@@ -116,15 +145,16 @@ def _wait_for_step(logs, rank, step, launcher, seconds=300):
 
 
 def _finish(launcher, marker, timeout):
+    """Wait for a launcher from :func:`_start`; returns (its output, PIDs of the job still alive, now killed)."""
     try:
-        output, _ = launcher.communicate(timeout=timeout)
+        launcher.wait(timeout=timeout)
     finally:
         if launcher.poll() is None:
             launcher.kill()
         leftovers = [pid for pid in _job_pids(marker) if pid != launcher.pid]
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
-    return output, leftovers
+    return launcher.output_path.read_text(errors="replace"), leftovers
 
 
 HANG_TIMEOUT = 20  # a 2-rank CPU step here takes ~5 s; MindSpore's own heartbeat would act after ~30 s
@@ -167,5 +197,59 @@ def test_a_killed_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
     assert launcher.returncode == 1 and leftovers == [], output[-3000:]
     report = json.load(open(logs / "failure.json"))
     assert report["rank"] == 1 and report["exit_code"] == 1 and report["signal"] is None
-    assert report["message"].startswith("rank 1 on ") and report["message"].endswith("exited with code 1")
+    assert report["message"].startswith("rank 1 on ") and report["message"].endswith("exited with code 1 after step 1")
     assert any("RuntimeError: injected fault after step 2" in line for line in report["error_lines"])
+    assert "steps reached: rank 0: " in output and "restarts used: 0" in output  # the printed summary
+    assert "error lines of rank_1.log:" in output and "last lines of rank_1.log:" in output
+
+
+EVAL_IMAGE_SIZE = 256  # CPU Conv2D (oneDNN, NCHW) runs at ~1 GFLOP/s: ~1 min for 3 images per rank on 2 cores
+
+
+def _log_time(log, pattern):
+    """Seconds since midnight of the first line of ``log`` matching ``pattern`` (HH:MM:SS stamps)."""
+    found = re.search(rf"^(\d\d):(\d\d):(\d\d) .*{pattern}", log, re.M)
+    assert found, f"no line matching {pattern!r}"
+    hours, minutes, seconds = map(int, found.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+@pytest.mark.slow
+def test_a_long_evaluation_is_busy_not_hung(mindrecord_dir, tmp_path):
+    """Periodic evaluation (waiting for the other rank included) may take longer than the hang timeout."""
+    launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, tmp_path / "out", 3), "train.eval_interval=2",
+                                    f"eval.image_size={EVAL_IMAGE_SIZE}", HANG_TIMEOUT=HANG_TIMEOUT)
+    output, leftovers = _finish(launcher, marker, 900)
+    assert launcher.returncode == 0 and leftovers == [], output[-3000:]
+    assert not (logs / "failure.json").exists()
+    for rank in (0, 1):
+        log = (logs / f"rank_{rank}.log").read_text(errors="replace")
+        took = (_log_time(log, "val at step 2: ") - _log_time(log, "evaluating at step 2 ")) % 86400
+        print(f"rank {rank}: evaluation took {took} s (hang timeout {HANG_TIMEOUT} s)")
+        assert took > HANG_TIMEOUT + 5, log[-3000:]
+        assert "step 3/3" in log
+
+
+@pytest.mark.slow
+def test_a_killed_scheduler_stops_the_job_naming_it(mindrecord_dir, tmp_path):
+    launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, tmp_path / "out", 500),
+                                    HANG_TIMEOUT=HANG_TIMEOUT)
+    _wait_for_step(logs, 0, 2, launcher)
+    scheduler = [pid for pid in _job_pids(marker) if b"MS_ROLE=MS_SCHED\0" in open(f"/proc/{pid}/environ", "rb").read()]
+    assert len(scheduler) == 1
+    os.kill(scheduler[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    output, leftovers = _finish(launcher, marker, 120)
+    took = time.monotonic() - killed_at
+    print(f"scheduler SIGKILLed: launcher exited {took:.1f} s later with code {launcher.returncode}")
+    assert launcher.returncode == 128 + signal.SIGKILL, output[-3000:]
+    assert took < 20 and leftovers == [], output[-3000:]  # 10 s grace for the ranks' SIGTERM
+    report = json.load(open(logs / "failure.json"))
+    assert report["message"].startswith("the MindSpore scheduler on ") and report["host"] in report["message"]
+    assert "exited with SIGKILL (code 137)" in report["message"]
+    assert (report["process"], report["rank"], report["exit_code"], report["signal"]) == \
+        ("scheduler", None, 137, "SIGKILL")
+    assert set(report["steps"]) == {"0", "1"} and min(report["steps"].values()) >= 1
+    assert report["log"] == str(logs / "scheduler.log") and report["log_tail"]
+    assert "FAILED: the MindSpore scheduler on " in output and "last lines of scheduler.log:" in output
+    assert "steps reached: rank 0: " in output and "restarts used: 0" in output

@@ -38,14 +38,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 from rank_table import RankTableError
 from rank_table.table import COMPLETED, validate_table
 
-from fcn8s.config import config_from_args
 from fcn8s.distributed import SCHEDULER_CODE, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
 from fcn8s.hostnet import local_addresses
 from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, add_supervision_arguments,
-                          plan_node, positive_seconds, rank_base_env, start_workers, supervise_job, watchdog_for)
+                          hang_limits, plan_node, positive_seconds, rank_base_env, rank_command, restart_policy,
+                          run_job, start_workers, watchdog_for)
 from fcn8s.logs import setup_logging
 from fcn8s.placement import find_server, rank_table_plan, visible_npus
+from fcn8s.train_args import train_config
 
 LOG = logging.getLogger("fcn8s.cluster.entrypoint")
 DEFAULT_RANK_TABLE = "/user/serverid/devindex/config/hccl.json"
@@ -127,9 +128,7 @@ def rank_table_envs(table: Mapping[str, Any], env: Mapping[str, str], path: str)
 
 def default_log_dir(train_args: Sequence[str]) -> str:
     """RUN.OUTPUT_DIR/logs/POD_NAME for the fcn8s.train arguments ``train_args`` (validated here)."""
-    from fcn8s.train import build_parser as train_parser  # imports MindSpore: only when needed
-
-    cfg = config_from_args(train_parser().parse_args(list(train_args)))
+    cfg = train_config(train_args)
     return os.path.join(cfg.run.output_dir, "logs", os.environ.get("HOSTNAME") or socket.gethostname())
 
 
@@ -181,14 +180,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_scheduler(os.environ)
     log_dir = os.path.abspath(args.log_dir or default_log_dir(module_args))
     envs = plan_ranks(os.environ, float(args.rank_table_timeout), log_dir)
-    procs = RankProcesses()
-    if scheduler_with_npus:
-        os.makedirs(log_dir, exist_ok=True)
-        procs.scheduler = start_scheduler(os.environ["MS_SCHED_HOST"], _int(os.environ, "MS_SCHED_PORT", 1),
-                                          _int(os.environ, "MS_WORKER_NUM", 1), rank_base_env(),
-                                          os.path.join(log_dir, "scheduler.log"))
-    start_workers(procs, envs, [sys.executable, "-m", args.module, *module_args], log_dir)
-    return supervise_job(procs, log_dir, watchdog=watchdog_for(args, log_dir, list(procs.workers)))
+    policy = restart_policy(args)
+    world = max(int(extra.get("RANK_SIZE") or extra.get("MS_WORKER_NUM") or len(envs)) for extra in envs.values())
+    if policy.max_restarts and world > len(envs):
+        raise UserError(f"--max-restarts/MAX_RESTARTS restarts the ranks of one pod, but this pod holds {len(envs)} "
+                        f"of {world} ranks: a multi-pod job is restarted by its scheduler (the rendered Volcano "
+                        "Job's RestartJob policy / AscendJob backoffLimit, with --resume auto)")
+
+    def start(attempt: int) -> RankProcesses:
+        procs = RankProcesses()
+        if scheduler_with_npus:
+            os.makedirs(log_dir, exist_ok=True)
+            procs.scheduler = start_scheduler(os.environ["MS_SCHED_HOST"], _int(os.environ, "MS_SCHED_PORT", 1),
+                                              _int(os.environ, "MS_WORKER_NUM", 1), rank_base_env(),
+                                              os.path.join(log_dir, "scheduler.log"))
+        start_workers(procs, envs, rank_command(args, module_args, attempt), log_dir, attempt)
+        return procs
+
+    limits = hang_limits(args, module_args)
+    return run_job(start, log_dir, watchdog=lambda procs: watchdog_for(limits, log_dir, list(procs.workers)),
+                   policy=policy)
 
 
 if __name__ == "__main__":
