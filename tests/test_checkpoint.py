@@ -1,5 +1,4 @@
 """Checkpoint safety: atomic saves survive a kill, corrupt files are refused, retention keeps the best."""
-import json
 import os
 import signal
 import subprocess

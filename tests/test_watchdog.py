@@ -11,7 +11,7 @@ import pytest
 from fcn8s.errors import UserError
 from fcn8s.failure import signal_name, write_failure_report
 from fcn8s.faults import Fault, FaultInjector, parse_fault
-from fcn8s.heartbeat import Heartbeat
+from fcn8s.heartbeat import Heartbeat, read_heartbeat
 from fcn8s.watchdog import EXIT_HUNG, HangLimits, Watchdog, heartbeat_path
 from tests.conftest import REPO
 from tests.test_distributed import _job_pids, _train_args
@@ -121,6 +121,39 @@ def test_failure_summary_says_who_how_how_far_and_shows_the_log(tmp_path, caplog
         host="srv0", rank=None, steps={0: 3, 1: 3}, log_path=str(scheduler), process="scheduler")))
     assert (report["process"], report["signal"], report["log_tail"]) == ("scheduler", "SIGKILL", ["scheduler up"])
     assert "(exit code 137, SIGKILL)" in caplog.text and "last lines of scheduler.log:\n    scheduler up" in caplog.text
+
+
+def test_evaluation_is_busy_until_every_rank_summed(tmp_path, monkeypatch):
+    """The "eval" phase is renewed per batch and still reported while waiting for the others' matrices."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from fcn8s import trainer
+
+    path = str(tmp_path / "heartbeat.json")
+    seen = []
+
+    def evaluate(cfg, ctx, predictor, progress):
+        for scored in (4, 8):
+            time.sleep(0.01)
+            before = read_heartbeat(path)["time"]
+            progress(scored)
+            assert read_heartbeat(path)["time"] > before  # renewed
+        return np.eye(2, dtype=np.int64)
+
+    def sum_across_ranks(hist, ctx):
+        seen.append(read_heartbeat(path)["phase"])  # other ranks may still be scoring
+        return hist * 2
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "sum_across_ranks", sum_across_ranks)
+    monkeypatch.setattr(trainer, "Predictor", lambda *args: None)
+    net = SimpleNamespace(set_train=lambda mode: None)
+    cfg = SimpleNamespace(eval=SimpleNamespace(image_size=96), data=SimpleNamespace(image_mean=0, image_std=1))
+    fake = SimpleNamespace(cfg=cfg, ctx=None, net=net, step=2, heartbeat=Heartbeat(path))
+    metrics = trainer.Trainer._evaluate(fake)
+    assert seen == ["eval"] and metrics["pixel_accuracy"] == 1.0
+    assert read_heartbeat(path)["phase"] == "step"
 
 
 def _start(tmp_path, train_args, *overrides, **env):
