@@ -3,10 +3,11 @@
 In synchronous data parallel every rank's wall time per step is the same: fast ranks wait for the
 slow one inside the gradient all-reduce. What differs is a rank's *own work* per step, the time
 before it reaches the collective: fetching its batch plus its forward + backward (the trainer times
-them apart from the all-reduce and update, see ``fcn8s.trainer.TrainStep``). A straggler never
-waits, so its own work is close to the wall step time; the others' is shorter by their wait.
+them apart from the all-reduce and update on one step per log interval, see
+``fcn8s.trainer.TrainStep``). A straggler never waits, so its own work is close to the wall step
+time; the others' is shorter by their wait.
 
-At each log interval every rank contributes its mean own-work seconds per step with one small
+At each log interval every rank contributes its own-work seconds per step with one small
 collective (:func:`gather_seconds`); :class:`StragglerDetector` then names a rank whose figure is
 above ``factor`` x the median of the *other* ranks for ``intervals`` consecutive intervals. The
 median of the others (not of all ranks) makes the rule work with two ranks too, where the median
