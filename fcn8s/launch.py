@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from rank_table import RankTableError
 from rank_table.table import validate_table
@@ -330,14 +330,19 @@ def supervise(procs: RankProcesses, tail: LogTail, signals: SignalForwarder,
             LOG.error("%s; stopping this node's ranks", verdict.message)
             return stop_with(procs, tail, verdict)
         codes = {rank: p.poll() for rank, p in procs.workers.items()}
+        scheduler = procs.scheduler.poll() if procs.scheduler else None  # first: ranks die when it does
+        if scheduler not in (None, 0) and not all(code == 0 for code in codes.values()):
+            code, how = exit_description(scheduler)
+            message = f"the MindSpore scheduler on {this_host()} exited with {how}"
+            LOG.error("%s; stopping the ranks", message)
+            return fail_here(procs, tail, peers, Verdict(code, message, process="scheduler"))
         failed = [(rank, code) for rank, code in codes.items() if code not in (None, 0)]
         if failed:
             rank, code = failed[0]
-            code = code if code > 0 else 128 - code  # killed by signal N -> 128 + N, as shells report
-            name = signal_name(code)
+            code, how = exit_description(code)
             step = steps().get(rank)
-            message = (f"rank {rank} on {this_host()} exited with " + (f"{name} (code {code})" if name else
-                       f"code {code}") + (f" after step {step}" if step is not None else ""))
+            message = f"rank {rank} on {this_host()} exited with {how}" + (f" after step {step}" if step is not None
+                                                                           else "")
             LOG.error("%s; stopping the other ranks", message)
             return fail_here(procs, tail, peers, Verdict(code, message, rank=rank))
         hung = watchdog.check({rank: procs.workers[rank].pid for rank, code in codes.items() if code is None}) \
@@ -345,11 +350,6 @@ def supervise(procs: RankProcesses, tail: LogTail, signals: SignalForwarder,
         if hung:
             LOG.error("%s; stopping the job", hung[1].message)
             return fail_here(procs, tail, peers, Verdict(hung[1].code, hung[1].message, rank=hung[0]))
-        scheduler = procs.scheduler.poll() if procs.scheduler else None
-        if scheduler not in (None, 0) and any(code is None for code in codes.values()):
-            message = f"the MindSpore scheduler on {this_host()} exited with code {scheduler}"
-            LOG.error("%s; stopping the ranks", message)
-            return fail_here(procs, tail, peers, Verdict(scheduler if scheduler > 0 else 128 - scheduler, message))
         if signals.received:
             LOG.error("received signal %d; stopping all ranks", signals.received[0])
             deadline = time.monotonic() + grace
@@ -372,6 +372,13 @@ def this_host() -> str:
     """``hostname (address)`` of this server, for messages."""
     addresses = sorted(interface_addresses())
     return f"{socket.gethostname()} ({addresses[0]})" if addresses else socket.gethostname()
+
+
+def exit_description(returncode: int) -> Tuple[int, str]:
+    """(exit code as shells report it, text): -9 (killed by SIGKILL) -> (137, "SIGKILL (code 137)")."""
+    code = returncode if returncode > 0 else 128 - returncode
+    name = signal_name(code)
+    return code, f"{name} (code {code})" if name else f"code {code}"
 
 
 def fail_here(procs: RankProcesses, tail: LogTail, peers: Union[Coordinator, Member, None],
@@ -562,7 +569,8 @@ def run_job(start: Callable[[int], RankProcesses], log_dir: str, peers: Union[Co
                                      rank=verdict.rank, steps=dog.last_steps() if dog else {},
                                      log_path=os.path.join(log_dir, f"rank_{verdict.rank}.log")
                                      if verdict.rank is not None else os.path.join(log_dir, "scheduler.log")
-                                     if procs.scheduler else None, restarts_used=restarts)
+                                     if verdict.process == "scheduler" else None, restarts_used=restarts,
+                                     process=verdict.process)
                 LOG.info("job FAILED (exit code %d); logs: %s", verdict.code, log_dir)
                 return verdict.code
             restarts = verdict.restart

@@ -58,12 +58,14 @@ class Verdict:
 
     ``restartable`` is False for what a restart cannot fix from here (a lost node, a signal sent to
     a launcher, node 0's final decision); ``restart`` is set when node 0 ordered restart number N;
-    ``local`` is False for what another node said.
+    ``local`` is False for what another node said; ``process`` names what failed when it is not a
+    rank (e.g. "scheduler").
     """
 
     code: int
     message: str
     rank: Optional[int] = None
+    process: Optional[str] = None
     restartable: bool = True
     restart: Optional[int] = None
     local: bool = True
