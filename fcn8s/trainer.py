@@ -187,7 +187,8 @@ class Trainer:
         self.heartbeat = Heartbeat()
         self.faults = FaultInjector(int(ctx.rank or 0))
         # Several ranks: once per log interval one step runs as two halves, and this rank's own work on it
-        # (batch fetch + local half) is compared across ranks. Other steps run fused (the halves are slower).
+        # (batch fetch + local half) is compared across ranks. Other steps run fused (the halves wait for the
+        # host and, on Ascend, cannot overlap the all-reduce with the backward pass).
         self.stragglers = (StragglerMonitor(ctx, tcfg.straggler_factor, tcfg.straggler_intervals, LOG)
                            if ctx.distributed and tcfg.straggler_intervals else None)
         self.fetch_seconds = 0.0
@@ -377,7 +378,8 @@ class Trainer:
         scaled_loss, grads = self.step_fn.local(images, labels)
         scaled_loss.asnumpy()  # graphs run asynchronously (CPU too): wait for this rank's local half to finish
         own_seconds = self.fetch_seconds + time.perf_counter() - start
-        return (*self.step_fn.apply(scaled_loss, ms.mutable(grads)), own_seconds)  # mutable: compiled once, not per call
+        # mutable: apply is compiled once, not per call
+        return (*self.step_fn.apply(scaled_loss, ms.mutable(grads)), own_seconds)
 
     def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
         seconds = float(np.mean(window)) if window else None  # None: only the compile step so far
