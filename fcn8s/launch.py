@@ -49,7 +49,7 @@ from fcn8s.failure import signal_name, write_failure_report
 from fcn8s.hostnet import LOOPBACK, interface_addresses, local_addresses, resolve_host
 from fcn8s.logs import setup_logging
 from fcn8s.placement import NodePlan, dynamic_cluster_plan, find_server, rank_table_plan, visible_npus
-from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict
+from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict, wait_unless_cancelled
 from fcn8s.restarts import MAX_BACKOFF_SECONDS, RESTART_ENV, RestartPolicy, restart_arguments
 from fcn8s.heartbeat import HEARTBEAT_ENV
 from fcn8s.watchdog import (DEFAULT_FIRST_STEP_TIMEOUT, DEFAULT_HANG_TIMEOUT, HangLimits, Watchdog, hccl_exec_timeout,
@@ -459,7 +459,8 @@ def add_hang_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_restart_arguments(parser: argparse.ArgumentParser) -> None:
     """Automatic restart settings of the supervisors."""
-    parser.add_argument("--max-restarts", type=non_negative_int, metavar="N", default=os.environ.get("MAX_RESTARTS") or "0",
+    parser.add_argument("--max-restarts", type=non_negative_int, metavar="N",
+                        default=os.environ.get("MAX_RESTARTS") or "0",
                         help="restart every rank with --resume auto after a rank died or hung, at most N times per "
                              "job; never after bad input (exit 2), divergence (3) or a signal to the launcher "
                              "(MAX_RESTARTS, default %(default)s; see fcn8s/restarts.py)")
@@ -567,13 +568,18 @@ def run_job(start: Callable[[int], RankProcesses], log_dir: str, peers: Union[Co
             if verdict.restart is None:
                 write_failure_report(log_dir, message=verdict.message, exit_code=verdict.code, host=this_host(),
                                      rank=verdict.rank, steps=dog.last_steps() if dog else {},
-                                     log_path=os.path.join(log_dir, f"rank_{verdict.rank}.log")
-                                     if verdict.rank is not None else os.path.join(log_dir, "scheduler.log")
-                                     if verdict.process == "scheduler" else None, restarts_used=restarts,
+                                     log_path=failed_log(log_dir, verdict), restarts_used=restarts,
                                      process=verdict.process)
                 LOG.info("job FAILED (exit code %d); logs: %s", verdict.code, log_dir)
                 return verdict.code
             restarts = verdict.restart
+
+
+def failed_log(log_dir: str, verdict: Verdict) -> Optional[str]:
+    """The log of what failed: a rank's, the scheduler's, or none (another node, a signal)."""
+    if verdict.rank is not None:
+        return os.path.join(log_dir, f"rank_{verdict.rank}.log")
+    return os.path.join(log_dir, "scheduler.log") if verdict.process == "scheduler" else None
 
 
 def decide(verdict: Verdict, used: int, policy: RestartPolicy, peers: Union[Coordinator, Member, None],
@@ -605,9 +611,7 @@ def decide(verdict: Verdict, used: int, policy: RestartPolicy, peers: Union[Coor
         if problem:
             return problem
     else:
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and not signals.cancelled():
-            time.sleep(0.2)
+        wait_unless_cancelled(delay, signals.cancelled)
     return _unless_signalled(replace(verdict, restart=restart), signals)
 
 

@@ -71,6 +71,13 @@ class Verdict:
     local: bool = True
 
 
+def wait_unless_cancelled(seconds: float, cancelled: Callable[[], bool]) -> None:
+    """Sleep ``seconds``, or less if ``cancelled()`` turns true (a signal to the launcher)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not cancelled():
+        time.sleep(0.2)
+
+
 class Channel:
     """One launcher-to-launcher connection: JSON lines out, a reader thread queueing what comes in."""
 
@@ -101,7 +108,8 @@ class Channel:
             pass
         self.closed = True
 
-    def wait_for(self, event: str, attempt: int, timeout: float, cancelled: Callable[[], bool]) -> Optional[Dict[str, Any]]:
+    def wait_for(self, event: str, attempt: int, timeout: float,
+                 cancelled: Callable[[], bool]) -> Optional[Dict[str, Any]]:
         """The next ``event`` of ``attempt`` (or a ``stop``); None after ``timeout``, when lost or cancelled."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not cancelled():
@@ -267,9 +275,7 @@ class Coordinator:
                                                   f"restart {restart}", restartable=False)
                 self.report_failure(verdict)
                 return verdict
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and not cancelled():
-            time.sleep(0.2)
+        wait_unless_cancelled(delay, cancelled)
         for channel in self.channels.values():
             channel.send("go", attempt=restart)
         return None

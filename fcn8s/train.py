@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 from fcn8s.config import Config, config_from_args, resolve_path, save_config
 from fcn8s.data.pipeline import count_samples
 from fcn8s.distributed import SELF_BOOTSTRAPPED, DistContext, detect_launcher, finalize_mpi
-from fcn8s.errors import run_cli
+from fcn8s.errors import EXIT_DIVERGED, run_cli
 from fcn8s.launch import this_host
 from fcn8s.model import build_model, resolve_conv_impl
 from fcn8s.plots import plot_training_curves
@@ -45,7 +45,7 @@ from fcn8s.preemption import TrainingInterrupted
 from fcn8s.rank_watchdog import RankWatchdog
 from fcn8s.runtime import resolve_device_target, start
 from fcn8s.train_args import build_parser
-from fcn8s.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged
+from fcn8s.trainer import Trainer, TrainingDiverged
 from fcn8s.watchdog import HangLimits, hccl_exec_timeout
 
 LOG = logging.getLogger("fcn8s.train")

@@ -41,7 +41,6 @@ from fcn8s.preemption import StopRequest, TrainingInterrupted
 from fcn8s.stragglers import StragglerMonitor
 
 LOG = logging.getLogger(__name__)
-EXIT_DIVERGED = 3
 
 
 class TrainingDiverged(RuntimeError):
@@ -287,7 +286,7 @@ class Trainer:
                         disable=not (self.ctx.is_main and sys.stderr.isatty()))
         self.first_step_seconds: Optional[float] = None
         self.window: List[float] = []  # wall seconds per step (data + compute) since the last report
-        self.own_window: List[float] = []  # own work (no waiting for others) on this interval's timed step
+        self.own_seconds: Optional[float] = None  # own work (no waiting for others) on this interval's timed step
         loss_value = float("nan")
         with logging_redirect_tqdm(), progress, StopRequest() as stop:
             while self.step < self.total_steps:
@@ -338,7 +337,7 @@ class Trainer:
         epoch = self.epoch
         # The same steps on every rank: the first of each log interval after the compile step (the first
         # such step compiles the halves and is not counted either).
-        timed = self.stragglers is not None and self.first_step_seconds is not None and not self.own_window
+        timed = self.stragglers is not None and self.first_step_seconds is not None and self.own_seconds is None
         warmup = timed and not self.halves_compiled
         self.heartbeat.beat("compile" if self.first_step_seconds is None or warmup else "run")
         if timed:
@@ -357,12 +356,12 @@ class Trainer:
         else:
             self.window.append(now - self.last_tick)
             if timed:
-                self.own_window.append(own_seconds)
+                self.own_seconds = own_seconds
         self.last_tick = now
         self.guard.update(self.step, loss_value, finite_value)
         if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
             self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
-            self.window, self.own_window = [], []
+            self.window, self.own_seconds = [], None
         tcfg = self.cfg.train
         if tcfg.eval_interval and self.step % tcfg.eval_interval == 0 and self.step < self.total_steps:
             self._save(metrics=self._evaluate())
@@ -389,8 +388,8 @@ class Trainer:
         LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s %s", epoch, step, self.total_steps, loss, lr,
                  scale, "" if finite else " (overflow: update skipped)", timing)
         across: Dict[str, object] = {}
-        if self.stragglers is not None and self.own_window:  # same window on every rank: all join the collective
-            across = self.stragglers.interval(float(np.mean(self.own_window)))
+        if self.stragglers is not None and self.own_seconds is not None:  # same on every rank: all join in
+            across = self.stragglers.interval(self.own_seconds)
         if self.ctx.is_main:
             self._log_metrics({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "loss_scale": scale,
                                "step_seconds": seconds, "images_per_second": images_per_s, **across})
