@@ -20,6 +20,7 @@ from fcn8s.errors import ConfigError
 # Set by launchers that run ranks in their own working directories: relative paths in the
 # command line and config are resolved against the directory the user launched from.
 LAUNCH_DIR_ENV = "FCN8S_LAUNCH_DIR"
+FC_CHANNELS = 4096  # the tutorial's conv6/conv7 width (fc6/fc7 of VGG16)
 
 
 def _range(lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False) -> Dict[str, Any]:
@@ -38,6 +39,9 @@ class ModelConfig:
     # conv6 (7x7, 512->4096) implementation: 'conv' = nn.Conv2d, 'matmul' = exact im2col of the
     # taps that touch real pixels + one MatMul, 'auto' = matmul on CPU, conv elsewhere.
     conv_impl: str = field(default="auto", metadata=_choices("auto", "conv", "matmul"))
+    # conv6/conv7 width. 4096 is the tutorial's network (and what VGG16 fc6/fc7 weights need); the
+    # tests shrink it where the network is not under test (conv6/conv7 hold 119.5 M of 134.5 M parameters).
+    fc_channels: int = field(default=FC_CHANNELS, metadata=_range(1, 8192))
     # Mixed precision: O0 = float32; O2/O3 = float16 compute (use on Ascend).
     amp_level: str = field(default="O0", metadata=_choices("O0", "O1", "O2", "O3"))
     # ImageNet VGG16-BN checkpoint (model-zoo or mindcv names) for the backbone; "" = from scratch.

@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.format == "AIR" and resolve_device_target(cfg.run.device_target) != "Ascend":
         raise UserError("AIR export needs an Ascend device; use MINDIR or ONNX here")
     start(cfg)
-    net = build_model(cfg.model.num_classes, "conv")  # standard kernels for inference engines
+    net = build_model(cfg.model.num_classes, "conv", fc_channels=cfg.model.fc_channels)  # standard kernels
     load_weights(net, args.ckpt)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch, 3, height, width), np.float32))

@@ -13,11 +13,11 @@ import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
 
+from fcn8s.config import FC_CHANNELS
 from fcn8s.fast_conv import SameConv2d
 
 # (output channels, number of 3x3 convs) per VGG16 block.
 VGG16_BLOCKS: Sequence[tuple] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
-FC_CHANNELS = 4096
 OUTPUT_STRIDE = 32
 
 
@@ -58,10 +58,11 @@ class FCN8s(nn.Cell):
         conv_impl: how the 3x3 and 7x7 convolutions run: 'conv' (Conv2D kernel, for Ascend) or
             'matmul' (exact im2col + MatMul; 10-30x faster on CPU) or 'auto' (matmul where its
             memory stays bounded), see fcn8s/fast_conv.py.
+        fc_channels: conv6/conv7 width; 4096 (the tutorial's) unless a test wants a small network.
     Input height and width must be multiples of 32; output has the input's spatial size.
     """
 
-    def __init__(self, n_class: int = 21, conv_impl: str = "conv") -> None:
+    def __init__(self, n_class: int = 21, conv_impl: str = "conv", fc_channels: int = FC_CHANNELS) -> None:
         super().__init__()
         self.n_class = n_class
         channels = [3] + [c for c, _ in VGG16_BLOCKS]
@@ -70,10 +71,10 @@ class FCN8s(nn.Cell):
         self.pool1, self.pool2, self.pool3, self.pool4, self.pool5 = (
             nn.MaxPool2d(kernel_size=2, stride=2) for _ in range(5))
         self.conv6 = nn.SequentialCell(_conv_bn_relu(
-            SameConv2d(512, FC_CHANNELS, kernel_size=7, impl=conv_impl), FC_CHANNELS))
+            SameConv2d(512, fc_channels, kernel_size=7, impl=conv_impl), fc_channels))
         self.conv7 = nn.SequentialCell(_conv_bn_relu(
-            nn.Conv2d(FC_CHANNELS, FC_CHANNELS, kernel_size=1, weight_init="xavier_uniform"), FC_CHANNELS))
-        self.score_fr = nn.Conv2d(FC_CHANNELS, n_class, kernel_size=1, weight_init="xavier_uniform")
+            nn.Conv2d(fc_channels, fc_channels, kernel_size=1, weight_init="xavier_uniform"), fc_channels))
+        self.score_fr = nn.Conv2d(fc_channels, n_class, kernel_size=1, weight_init="xavier_uniform")
         self.upscore2 = _upsample(n_class, kernel_size=4, stride=2)
         self.score_pool4 = nn.Conv2d(512, n_class, kernel_size=1, weight_init="xavier_uniform")
         self.upscore_pool4 = _upsample(n_class, kernel_size=4, stride=2)
@@ -97,9 +98,10 @@ def resolve_conv_impl(setting: str, device_target: str) -> str:
     return "conv"
 
 
-def build_model(num_classes: int, conv_impl: str = "conv", amp_level: str = "O0") -> nn.Cell:
+def build_model(num_classes: int, conv_impl: str = "conv", amp_level: str = "O0",
+                fc_channels: int = FC_CHANNELS) -> nn.Cell:
     """Create FCN8s, cast for mixed precision when ``amp_level`` is O1-O3 (float32 master weights)."""
-    net = FCN8s(n_class=num_classes, conv_impl=conv_impl)
+    net = FCN8s(n_class=num_classes, conv_impl=conv_impl, fc_channels=fc_channels)
     if amp_level != "O0":
         net = ms.amp.auto_mixed_precision(net, amp_level)
     return net

@@ -41,7 +41,8 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from fcn8s.errors import UserError, run_cli
-from fcn8s.model import FC_CHANNELS, VGG16_BLOCKS, build_model
+from fcn8s.config import FC_CHANNELS
+from fcn8s.model import VGG16_BLOCKS, build_model
 
 LOG = logging.getLogger(__name__)
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -15,7 +15,7 @@ from mindspore import amp
 from fcn8s.checkpoint import CheckpointManager, load_weights, restore_training_state, training_state
 from fcn8s.errors import UserError
 from fcn8s.model import FCN8s
-from tests.conftest import PYTHON, REPO, run_module
+from tests.conftest import PYTHON, REPO, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 POSITION = {"epoch": 0, "consumed": 0, "global_batch": 4, "ranks": 1}
 
@@ -111,17 +111,19 @@ def test_retention_keeps_the_last_k_and_the_best_miou(tmp_path):
 
 def test_wrong_class_count_or_architecture_is_a_clear_error(tmp_path):
     path = str(tmp_path / "voc.ckpt")
-    ms.save_checkpoint(FCN8s(21, "matmul"), path)
-    with pytest.raises(UserError, match=r"voc.ckpt: parameter score_fr.weight has shape \(21, 4096, 1, 1\)"):
-        load_weights(FCN8s(5, "matmul"), path)
+    ms.save_checkpoint(FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS), path)
+    with pytest.raises(UserError, match=r"voc.ckpt: parameter score_fr.weight has shape \(21, 16, 1, 1\)"):
+        load_weights(FCN8s(5, "matmul", fc_channels=SMALL_FC_CHANNELS), path)
+    with pytest.raises(UserError, match=r"voc.ckpt: parameter conv6.0.weight has shape \(16, 512, 7, 7\)"):
+        load_weights(FCN8s(21, "matmul", fc_channels=8), path)  # another model.fc_channels
     other = str(tmp_path / "dense.ckpt")
     ms.save_checkpoint(nn.Dense(3, 2), other)
     with pytest.raises(UserError, match="dense.ckpt: missing .* network parameter"):
-        load_weights(FCN8s(21, "matmul"), other)
+        load_weights(FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS), other)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint" * 100)
     with pytest.raises(UserError, match="garbage.ckpt: not a readable MindSpore checkpoint"):
-        load_weights(FCN8s(21, "matmul"), str(garbage))
+        load_weights(FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS), str(garbage))
 
 
 def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(mindrecord_dir, tmp_path):
@@ -129,6 +131,6 @@ def test_resume_from_a_corrupt_checkpoint_is_a_one_line_error(mindrecord_dir, tm
     ckpt = CheckpointManager(str(tmp_path), 2, "d").save(training_state(net, optimizer, scaler), 1, POSITION)
     _flip_a_byte(ckpt)
     result = run_module("fcn8s.train", "--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}",
-                        f"run.output_dir={tmp_path / 'run'}", "--resume", ckpt)
+                        f"run.output_dir={tmp_path / 'run'}", *SMALL_NETWORK, "--resume", ckpt)
     assert result.returncode == 2
     assert f"error: {ckpt}: corrupt checkpoint" in result.stderr and "Traceback" not in result.stderr

@@ -57,6 +57,7 @@ def test_defaults_without_file_and_paths_are_absolute(monkeypatch, tmp_path):
     ("data.image_std=[1, 2]", "data.image_std: expected 3 values"),
     ("data.image_mean=5", "data.image_mean: expected a list"),
     ("data.crop_size=100", "data.crop_size: must be a multiple of 32"),
+    ("model.fc_channels=0", "model.fc_channels: must be >= 1"),
     ("train=3", "train: expected a mapping"),
     ("train.lr", "expected KEY=VALUE"),
 ])

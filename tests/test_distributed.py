@@ -10,7 +10,7 @@ import pytest
 
 from fcn8s.distributed import DistContext, detect_launcher, planned_context
 from fcn8s.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL_FC_CHANNELS, SMALL_NETWORK
 
 VENV_BIN = os.path.dirname(sys.executable)
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -68,7 +68,7 @@ def test_contradictory_or_broken_env_is_a_clear_error(env, message):
 
 def _train_args(mindrecord_dir, out, steps=3):
     return ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}",
-            f"train.max_steps={steps}", "train.log_interval=1", "train.batch_size=2"]
+            f"train.max_steps={steps}", "train.log_interval=1", "train.batch_size=2", *SMALL_NETWORK]
 
 
 def _checksums(text):
@@ -216,9 +216,9 @@ def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
     from fcn8s.model import FCN8s
 
     ckpt = str(tmp_path / "net.ckpt")
-    ms.save_checkpoint(FCN8s(21), ckpt)
+    ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), ckpt)
     common = ["configs/cpu_smoke.yaml"]
-    overrides = [f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96"]
+    overrides = [f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=64", *SMALL_NETWORK]
     single = _run(["bash", "launch/run_eval.sh", ckpt, *common, "1", *overrides, "--out", str(tmp_path / "one.json")])
     assert single.returncode == 0, single.stderr[-3000:]
     double = _run(["bash", "launch/run_eval.sh", ckpt, *common, "2", *overrides, "--out", str(tmp_path / "two.json")],

@@ -10,7 +10,7 @@ import mindspore as ms
 from fcn8s.data.voc import IGNORE_LABEL, list_voc_samples, read_label_png
 from fcn8s.inference import Predictor, canvas_size
 from fcn8s.model import FCN8s
-from tests.conftest import run_module
+from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 MEAN, STD = (103.53, 116.28, 123.675), (57.375, 57.120, 58.395)
@@ -63,7 +63,7 @@ def test_multi_scale_flip_is_aligned_with_the_image():
 @pytest.fixture(scope="module")
 def fcn_predictor():
     ms.set_seed(5)
-    return Predictor(FCN8s(21, conv_impl="matmul"), 64, MEAN, STD)
+    return Predictor(FCN8s(21, conv_impl="matmul", fc_channels=SMALL_FC_CHANNELS), 64, MEAN, STD)
 
 
 def test_flip_tta_is_exactly_flip_equivariant(fcn_predictor):
@@ -99,7 +99,7 @@ def test_single_scale_tta_is_the_plain_prediction(fcn_predictor):
 def checkpoint(tmp_path_factory):
     ms.set_seed(6)
     path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
-    ms.save_checkpoint(FCN8s(21), path)
+    ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
     return path
 
 
@@ -112,7 +112,7 @@ def test_eval_cli_multi_scale_flip_end_to_end(checkpoint, voc_tree, mindrecord_d
     out = tmp_path / "tta.json"
     result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, "--out", out,
                         f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96", "eval.batch_size=4",
-                        "--scales", "0.5", "0.75", "1.0", "1.25", "1.75", "--flip")
+                        *SMALL_NETWORK, "--scales", "0.5", "0.75", "1.0", "1.25", "1.75", "--flip")
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads(out.read_text())
     assert metrics["scales"] == [0.5, 0.75, 1.0, 1.25, 1.75] and metrics["flip"] is True
@@ -128,12 +128,12 @@ def test_eval_cli_multi_scale_flip_end_to_end(checkpoint, voc_tree, mindrecord_d
 def test_eval_cli_single_scale_no_plot_and_bad_scales(checkpoint, mindrecord_dir, tmp_path):
     out = tmp_path / "plain.json"
     result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, "--out", out, "--no-plot",
-                        f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96")
+                        f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96", *SMALL_NETWORK)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads(out.read_text())
     assert metrics["scales"] == [1.0] and metrics["flip"] is False and "plot" not in metrics
     assert list(tmp_path.iterdir()) == [out]
     for args, message in ((["--scales", "0"], "scale must be in (0, 4.0], got 0"),
                           (["--scales", "1.0", "eval.image_size=96"], "put KEY=VALUE overrides before --scales")):
-        bad = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, *args)
+        bad = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, *SMALL_NETWORK, *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

@@ -1,6 +1,7 @@
 """Real training across simulated servers (network namespaces with their own IPs): every launcher.
 
-Each job is FCN-8s on CPU, 2 servers x 2 ranks, 32 px crops, 3 steps (global batch 8). In every
+Each job is the small FCN-8s of tests/conftest.py (SMALL_NETWORK) on CPU, 2 servers x 2 ranks,
+32 px crops, 3 steps (global batch 8). In every
 case all 4 ranks must end with the same parameter checksum, only global rank 0 writes a
 checkpoint, and the final checkpoint must equal the one of a 1 x 4 job on one server (same seed,
 data and steps) within 1e-5: the cluster's shape does not change the math.
@@ -15,12 +16,12 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, SMALL_NETWORK, run_module
 from tests.infra.netns import SimulatedServers, mpirun_argv, mpirun_env, require_netns
 from tests.infra.slurm_cluster import SlurmCluster
 
-# Four FCN-8s ranks need ~10-20 GB: tests/conftest.py runs this module first, while the test runner
-# itself is still small (in-process tests later build networks it never gives back).
+# Four ranks (and the launchers) at once: tests/conftest.py runs this module first, while the test
+# runner itself is still small (in-process tests later build networks it never gives back).
 pytestmark = [pytest.mark.slow, pytest.mark.multiserver]
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -41,7 +42,7 @@ def clean_env(**extra):
 
 def train_args(data, out, steps=STEPS):
     return ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={data}", f"run.output_dir={out}",
-            f"train.max_steps={steps}", "train.batch_size=2", "data.crop_size=32", "train.log_interval=1"]
+            f"train.max_steps={steps}", "train.batch_size=2", "train.log_interval=1", *SMALL_NETWORK]
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,16 @@ import mindspore.nn as nn
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s
 from fcn8s.predict import overlay
-from tests.conftest import run_module
+from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
+SMALL = ("--config", CONFIG, *SMALL_NETWORK)  # KEY=VALUE overrides right after the config file
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
-    ms.save_checkpoint(FCN8s(21), path)
+    ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
     return path
 
 
@@ -30,7 +31,7 @@ def test_predict_any_size_writes_palette_masks_and_overlays(checkpoint, voc_tree
     for name, shape in (("tall", (131, 47, 3)), ("wide", (40, 150, 3))):  # not multiples of 32
         cv2.imwrite(str(images / f"{name}.jpg"), rng.integers(0, 255, shape, dtype=np.uint8))
     out = tmp_path / "pred"
-    result = run_module("fcn8s.predict", "--config", CONFIG, "--ckpt", checkpoint, "--input", str(images),
+    result = run_module("fcn8s.predict", *SMALL, "--ckpt", checkpoint, "--input", str(images),
                         "--out", str(out), "--flip", "--scales", "0.75", "1.0")
     assert result.returncode == 0, result.stderr[-3000:]
     for name, (height, width) in (("tall", (131, 47)), ("wide", (40, 150))):
@@ -54,16 +55,16 @@ def test_overlay_shows_the_original_image_not_a_normalised_one():
     (["--input", "configs", "--scales", "-1"], "scale must be in (0, 4.0], got -1"),
 ])
 def test_predict_input_errors(checkpoint, tmp_path, args, message):
-    result = run_module("fcn8s.predict", "--config", CONFIG, "--ckpt", checkpoint, "--out", str(tmp_path), *args)
+    result = run_module("fcn8s.predict", *SMALL, "--ckpt", checkpoint, "--out", str(tmp_path), *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
 
 
 def test_exported_mindir_matches_the_network(checkpoint, tmp_path):
     out = str(tmp_path / "fcn8s")
-    result = run_module("fcn8s.export", "--config", CONFIG, "--ckpt", checkpoint, "--size", "64", "96", "--out", out)
+    result = run_module("fcn8s.export", *SMALL, "--ckpt", checkpoint, "--size", "64", "96", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     graph = nn.GraphCell(ms.load(out + ".mindir"))
-    net = FCN8s(21)
+    net = FCN8s(21, fc_channels=SMALL_FC_CHANNELS)
     load_weights(net, checkpoint)
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(1).normal(size=(1, 3, 64, 96)).astype(np.float32))
@@ -76,5 +77,5 @@ def test_exported_mindir_matches_the_network(checkpoint, tmp_path):
     (["--format", "AIR"], "AIR export needs an Ascend device"),
 ])
 def test_export_errors(checkpoint, tmp_path, args, message):
-    result = run_module("fcn8s.export", "--config", CONFIG, "--ckpt", checkpoint, "--out", str(tmp_path / "x"), *args)
+    result = run_module("fcn8s.export", *SMALL, "--ckpt", checkpoint, "--out", str(tmp_path / "x"), *args)
     assert result.returncode == 2 and message in result.stderr

@@ -9,7 +9,7 @@ import mindspore.nn as nn
 from fcn8s.errors import UserError
 from fcn8s.model import build_model
 from fcn8s.pretrained import load_pretrained_backbone
-from tests.conftest import run_module
+from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 # torchvision / mindcv / model-zoo VGG16 configuration 'D', written out here independently of fcn8s.model.
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -129,6 +129,13 @@ def test_conv6_conv7_compute_fc6_fc7(loaded):
     np.testing.assert_allclose(conv7[:, :, 3, 3], fc7 * eps_scale, rtol=1e-4, atol=1e-4 * np.abs(fc7).max())
 
 
+@pytest.mark.slow
+def test_fc6_fc7_do_not_fit_a_narrower_conv6(vgg_checkpoint):
+    net = build_model(21, "matmul", fc_channels=SMALL_FC_CHANNELS)
+    path = vgg_checkpoint[1]
+    expect_error(net, path, path, "conv6.0.weight would get shape (4096, 512, 7, 7)", "(16, 512, 7, 7)")
+
+
 def save(path, arrays):
     ms.save_checkpoint([{"name": n, "data": ms.Tensor(v)} for n, v in arrays.items()], str(path))
     return str(path)
@@ -144,8 +151,8 @@ def backbone_arrays(prefix="features", skip=(), override=None):
 
 @pytest.fixture(scope="module")
 def fcn():
-    """One FCN-8s for the tests below (a refused file changes nothing, as expect_error checks)."""
-    return build_model(21, "matmul")
+    """One (narrow) FCN-8s for the tests below (a refused file changes nothing, as expect_error checks)."""
+    return build_model(21, "matmul", fc_channels=SMALL_FC_CHANNELS)
 
 
 def test_features_only_checkpoint_leaves_conv6_conv7(fcn, tmp_path):
@@ -213,7 +220,8 @@ def test_cli_checks_a_file_and_prints_the_table(tmp_path):
 def test_train_cli_starts_from_pretrained_weights(mindrecord_dir, tmp_path):
     arrays = backbone_arrays()
     path = save(tmp_path / "vgg16_bn_features.ckpt", arrays)
-    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}", "train.max_steps=1"]
+    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={mindrecord_dir}", "train.max_steps=1",
+            *SMALL_NETWORK]  # the backbone fits any conv6/conv7 width
     result = run_module("fcn8s.train", *args, f"run.output_dir={tmp_path / 'run'}", "--pretrained", path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"vgg16_bn_features.ckpt: loaded {BACKBONE_PARAMS}, missing" in result.stderr

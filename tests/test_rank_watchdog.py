@@ -136,7 +136,7 @@ def test_the_watchdog_runs_only_for_ranks_without_our_launcher(tmp_path, monkeyp
     assert RankWatchdog.for_rank(two, limits, str(tmp_path), HOST) is None
 
 
-HANG_TIMEOUT = 20  # a 2-rank CPU step here takes ~5 s
+HANG_TIMEOUT = 10  # a 2-rank CPU step of the small network takes ~1 s
 
 
 def _rank_pid(marker, rank):

@@ -131,7 +131,7 @@ def test_chaos_three_kills_and_the_job_ends_as_if_nothing_happened(mindrecord_di
     expected_sums, expected_losses = _final_checksums(logs), _losses(reference / "out")
     assert sorted(expected_losses) == list(range(1, CHAOS_STEPS + 1))
     for path in (reference / "out" / "checkpoints").iterdir():
-        path.unlink()  # ~1 GB each; only the figures are needed
+        path.unlink()  # only the figures are needed
 
     rng = random.Random(CHAOS_SEED)
     chaos = tmp_path / "chaos"
@@ -155,7 +155,7 @@ def test_chaos_three_kills_and_the_job_ends_as_if_nothing_happened(mindrecord_di
         deadline = time.monotonic() + 30
         while not _temp_files(out) and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.1))  # the small network's checkpoint takes ~0.5 s to write
         writing = _temp_files(out)
         os.kill(pid, signal.SIGKILL)
         kills.append((0, f"checkpoint write of step {save_step} (temp file: {writing})"))
@@ -185,14 +185,14 @@ def test_chaos_three_kills_and_the_job_ends_as_if_nothing_happened(mindrecord_di
     assert len([line for line in open(out / "metrics.jsonl") if line.strip()]) == CHAOS_STEPS
     for step, loss in expected_losses.items():  # ... with the uninterrupted run's loss
         assert abs(losses[step] - loss) <= 1e-5, (step, losses[step], loss)
-    assert not _temp_files(out)  # no abandoned 1 GB file
+    assert not _temp_files(out)  # no abandoned checkpoint file
 
 
 @pytest.mark.slow
 def test_a_hung_rank_is_restarted_and_the_job_completes(mindrecord_dir, tmp_path):
     """The drill hangs rank 1 after step 3 of the first run only: the restart gets past it."""
     args = [*_train_args(mindrecord_dir, tmp_path / "out", 5), "train.checkpoint_interval=2"]
-    launcher, logs, marker = _start(tmp_path, args, HANG_TIMEOUT=20, MAX_RESTARTS=1, RESTART_BACKOFF=1,
+    launcher, logs, marker = _start(tmp_path, args, HANG_TIMEOUT=10, MAX_RESTARTS=1, RESTART_BACKOFF=1,
                                     FCN8S_FAULT="hang:rank=1:step=3")
     output, leftovers = _finish(launcher, marker, 900)
     assert launcher.returncode == 0 and leftovers == [], output[-5000:]

@@ -10,15 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import PYTHON, REPO, run_module
+from tests.conftest import PYTHON, REPO, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 STEPS = 6
 
 
-def _args(mindrecord_dir, out, *extra):
+def _args(mindrecord_dir, out, *extra, network=SMALL_NETWORK):
     return ["--config", CONFIG, f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}",
-            "train.log_interval=1", f"train.max_steps={STEPS}", "train.batch_size=2", *extra]
+            "train.log_interval=1", f"train.max_steps={STEPS}", "train.batch_size=2", *network, *extra]
 
 
 def _losses(out):
@@ -54,30 +54,39 @@ def _sigterm_during_training(proc, out):
     return output
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(mindrecord_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("full"))
-    result = run_module("fcn8s.train", *_args(mindrecord_dir, out, "train.checkpoint_interval=3"), check=True)
+def _uninterrupted(mindrecord_dir, out, network):
+    """(output dir, log) of STEPS uninterrupted steps, with a checkpoint at step 3."""
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, out, "train.checkpoint_interval=3", network=network),
+                        check=True)
     return out, result.stderr
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_small(mindrecord_dir, tmp_path_factory):
+    return _uninterrupted(mindrecord_dir, str(tmp_path_factory.mktemp("small")), SMALL_NETWORK)
+
+
 @pytest.mark.slow
-def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(uninterrupted, mindrecord_dir, tmp_path):
-    full, full_log = uninterrupted
+def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(mindrecord_dir, tmp_path):
+    """The one resume of the tutorial's full network (the other resume tests train the small one)."""
+    full, full_log = _uninterrupted(mindrecord_dir, str(tmp_path / "full"), network=())
     os.makedirs(tmp_path / "checkpoints")
     for name in ("fcn8s-step00000003.ckpt", "fcn8s-step00000003.json"):
-        shutil.copy(os.path.join(full, "checkpoints", name), tmp_path / "checkpoints")
-    result = run_module("fcn8s.train", *_args(mindrecord_dir, tmp_path, "--resume", "auto"), check=True)
+        shutil.move(os.path.join(full, "checkpoints", name), tmp_path / "checkpoints")
+    shutil.rmtree(os.path.join(full, "checkpoints"))  # 1 GB each: only the copy resumed from is kept
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, tmp_path, "--resume", "auto", network=()), check=True)
     assert "resumed from" in result.stderr and "at step 3 (epoch 0, 6 samples of it done)" in result.stderr
     resumed, expected = _losses(tmp_path), _losses(full)
     assert sorted(resumed) == [4, 5, 6]
     np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [expected[s] for s in (4, 5, 6)], rtol=0, atol=1e-5)
     assert _checksums(result.stderr) == _checksums(full_log)  # same weights after 6 steps
+    shutil.rmtree(tmp_path / "checkpoints")
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(uninterrupted, mindrecord_dir, tmp_path):
-    full, full_log = uninterrupted
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(uninterrupted_small, mindrecord_dir,
+                                                                         tmp_path):
+    full, full_log = uninterrupted_small
     proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = _sigterm_during_training(proc, tmp_path)

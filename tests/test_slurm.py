@@ -17,14 +17,16 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, SMALL_NETWORK, run_module
 from tests.infra import run_script, unavailable
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 JOB_TIMEOUT = 1200
-STEPS = 10
-# Checkpoints every 2 steps (one kept): the requeue test interrupts the job once step 4's exists.
-RESUMABLE = ("train.checkpoint_interval=2", "train.keep_checkpoints=1")
+FULL_NETWORK_STEPS = 3
+STEPS = 16
+# The small network, checkpoints every 2 steps (one kept): the requeue test interrupts the job once
+# step 4's exists.
+RESUMABLE = (*SMALL_NETWORK, "train.checkpoint_interval=2", "train.keep_checkpoints=1")
 CHECKSUM = re.compile(r"\[rank (\d)/2\] INFO fcn8s.trainer: parameter checksum (\w+) after (\d+) steps")
 
 
@@ -139,13 +141,17 @@ def resumable_script(job_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(slurm, resumable_script):
-    """One uninterrupted job: checked on its own and the reference of the requeue test."""
+    """One uninterrupted job of the small network: the reference of the requeue test."""
     return _run(resumable_script, "fcn8s-test-ok", resumable_script.parent / "uninterrupted")
 
 
 @pytest.mark.slow
-def test_sbatch_two_cpu_ranks_completes_with_identical_weights(uninterrupted):
-    job, log, out = uninterrupted.job, uninterrupted.log, uninterrupted.out
+def test_sbatch_two_cpu_ranks_completes_with_identical_weights(slurm, job_dir):
+    """The tutorial's full network under srun."""
+    work = job_dir / "full"
+    work.mkdir()
+    run = _run(_render(work, "fcn8s-test-full", FULL_NETWORK_STEPS), "fcn8s-test-full", work / "out")
+    job, log, out = run.job, run.log, run.out
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", f"{job}\n{log[-4000:]}"
     assert job["Restarts"] == "0" and "attempt 1 (SLURM_RESTART_COUNT=0)" in log
     assert "launcher slurm: rank 0 of 2" in log and "launcher slurm: rank 1 of 2" in log
@@ -153,7 +159,8 @@ def test_sbatch_two_cpu_ranks_completes_with_identical_weights(uninterrupted):
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], log[-4000:]
     assert (out / "checkpoints" / "fcn8s-final.ckpt").is_file()
     assert "checkpoint (written by rank 0)" in log  # rank 1 saved nothing
-    assert _no_processes_left(uninterrupted.job_id) == []
+    assert _no_processes_left(run.job_id) == []
+    shutil.rmtree(out / "checkpoints")  # 1 GB
 
 
 def _wait_for_checkpoint(job_id, directory, at_least):
@@ -239,7 +246,7 @@ def test_a_failing_rank_fails_the_job_and_leaves_no_process(slurm, job_dir, tmp_
                        f'  exec {sys.executable} "$@" data.mindrecord_dir={tmp_path}\nfi\n'
                        f'exec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
-    job_id = _submit(_render(work, "fcn8s-test-fail", steps=50),
+    job_id = _submit(_render(work, "fcn8s-test-fail", steps=50, overrides=SMALL_NETWORK),
                      {"PYTHON": str(wrapper), "OUTPUT_DIR": str(work / "out")})
     job = _wait(job_id)
     log = (work / f"fcn8s-test-fail-{job_id}.out").read_text()

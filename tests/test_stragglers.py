@@ -100,7 +100,8 @@ def test_straggler_settings_are_validated(key, value, message):
 # ---------------------------------------------------------------------------------------------
 # Real processes
 
-STOP_SECONDS, EVERY_SECONDS = 0.3, 0.5  # rank 1 stopped 60% of the time: its own work ~2.5x longer
+# Rank 1 stopped 60% of the time, in bursts much shorter than a step: its own work ~2.5x longer.
+STOP_SECONDS, EVERY_SECONDS = 0.06, 0.1
 
 
 def _rank_pid(marker, rank):

@@ -11,13 +11,14 @@ import mindspore as ms
 
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s
-from tests.conftest import run_module
+from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 
 
 def _overrides(mindrecord_dir, out, *extra):
-    return [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}", "train.log_interval=1", *extra]
+    return [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}", "train.log_interval=1", *SMALL_NETWORK,
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_checkpoints_atomic_pruned_and_loadable(trained_run):
     assert meta["step"] == 14 and meta["final"] and len(meta["sha256"]) == 64
     params = ms.load_checkpoint(os.path.join(ckpt_dir, "fcn8s-final.ckpt"))
     assert "moments.conv6.0.weight" in params and "loss_scale" in params
-    net = FCN8s(21)
+    net = FCN8s(21, fc_channels=SMALL_FC_CHANNELS)
     load_weights(net, os.path.join(ckpt_dir, "fcn8s-final.ckpt"))
     np.testing.assert_array_equal(net.score_fr.weight.asnumpy(), params["score_fr.weight"].asnumpy())
     assert os.path.isfile(os.path.join(out, "config.yaml"))
@@ -66,7 +67,7 @@ def test_eval_cli_prints_table_and_writes_json(trained_run, mindrecord_dir):
     out, _ = trained_run
     ckpt = os.path.join(out, "checkpoints", "fcn8s-final.ckpt")
     result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", ckpt, f"data.mindrecord_dir={mindrecord_dir}",
-                        "eval.image_size=96", "eval.batch_size=4")
+                        "eval.image_size=96", "eval.batch_size=4", *SMALL_NETWORK)
     assert result.returncode == 0, result.stderr[-4000:]
     for line in ("pixel accuracy", "mean accuracy", "mean IoU", "frequency weighted IoU", "background"):
         assert line in result.stdout
@@ -106,11 +107,12 @@ def test_only_rank_zero_writes_checkpoints(mindrecord_dir, tmp_path):
     from fcn8s.trainer import Trainer
 
     cfg = load_config(CONFIG, [f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={tmp_path}"])
-    trainer = Trainer(cfg, DistContext(rank=1, size=1, launcher="test"), FCN8s(21, "matmul"),
-                      count_samples(mindrecord_dir))
+    trainer = Trainer(cfg, DistContext(rank=1, size=1, launcher="test"),
+                      FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS), count_samples(mindrecord_dir))
     assert trainer._save() is None
     assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
-    main = Trainer(cfg, DistContext(), FCN8s(21, "matmul"), count_samples(mindrecord_dir))
+    main = Trainer(cfg, DistContext(), FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS),
+                   count_samples(mindrecord_dir))
     assert os.path.isfile(main._save())
 
 
