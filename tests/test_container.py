@@ -24,7 +24,7 @@ ASCEND_IMAGE = "localhost/fcn8s:ascend-test"
 CONTEXT = ["pyproject.toml", "README.md", "fcn8s", "rank_table", "configs", "launch", "docker"]
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 LIBDIR = f"/usr/lib/{platform.machine()}-linux-gnu"  # Debian's multiarch library dir
-pytestmark = pytest.mark.slow  # an image build takes minutes when pyproject.toml changed
+pytestmark = pytest.mark.slow  # an image build takes about a minute
 
 
 def _podman(*args, timeout=1200):
@@ -37,7 +37,7 @@ def _build(context, dockerfile, tag, base):
                     "-f", str(dockerfile), "-t", tag, str(context))
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     print(f"podman build {tag}: {time.monotonic() - started:.0f} s")
-    _podman("image", "prune", "-f")  # drop superseded builds, keep the cached layers of this one
+    _podman("image", "prune", "-f")  # drop superseded builds
     return build.stdout + build.stderr
 
 
@@ -62,9 +62,16 @@ def context(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(context):
-    """docker/Dockerfile.cpu on the local base image (podman's layer cache makes rebuilds quick)."""
-    _build(context, context / "docker" / "Dockerfile.cpu", IMAGE, BASE_IMAGE)
-    return IMAGE
+    """docker/Dockerfile.cpu on the local base image; this module's images are removed after it.
+
+    They hold ~1.5 GB each (layers shared); a fresh machine builds them anyway (about a minute each).
+    """
+    try:
+        _build(context, context / "docker" / "Dockerfile.cpu", IMAGE, BASE_IMAGE)
+        yield IMAGE
+    finally:
+        _podman("rmi", "-f", IMAGE, ASCEND_IMAGE, SITE_BASE)
+        _podman("image", "prune", "-f")
 
 
 def test_cpu_image_defaults_to_the_smoke_job_as_a_non_root_user(image):
