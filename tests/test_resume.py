@@ -61,11 +61,6 @@ def _uninterrupted(mindrecord_dir, out, network):
     return out, result.stderr
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_small(mindrecord_dir, tmp_path_factory):
-    return _uninterrupted(mindrecord_dir, str(tmp_path_factory.mktemp("small")), SMALL_NETWORK)
-
-
 @pytest.mark.slow
 def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(mindrecord_dir, tmp_path):
     """The one resume of the tutorial's full network (the other resume tests train the small one)."""
@@ -80,13 +75,11 @@ def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(mindrecord_dir, t
     assert sorted(resumed) == [4, 5, 6]
     np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [expected[s] for s in (4, 5, 6)], rtol=0, atol=1e-5)
     assert _checksums(result.stderr) == _checksums(full_log)  # same weights after 6 steps
-    shutil.rmtree(tmp_path / "checkpoints")
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(uninterrupted_small, mindrecord_dir,
-                                                                         tmp_path):
-    full, full_log = uninterrupted_small
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(mindrecord_dir, tmp_path):
+    full, full_log = _uninterrupted(mindrecord_dir, str(tmp_path / "full"), SMALL_NETWORK)
     proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = _sigterm_during_training(proc, tmp_path)
