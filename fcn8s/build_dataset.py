@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fcn8s.config import resolve_path
 from fcn8s.data import mindrecord
 from fcn8s.data.sbd import SBD_SPLITS, list_sbd_samples, read_sbd_label
 from fcn8s.data.voc import IGNORE_LABEL, NUM_VOC_CLASSES, Sample, list_voc_samples, read_label_png
@@ -112,10 +113,13 @@ def write_split(samples: List[Sample], tmp_dir: str, split: str, shards: int, wo
             bar.update(_PROGRESS.value - bar.n)
         bar.update(_PROGRESS.value - bar.n)
         results = pending.get()
-    files = {os.path.basename(job[1]): digest for job, (digest, _, _) in zip(jobs, results) if digest}
+    shards_written = [(os.path.basename(path), digest, os.path.getsize(path))
+                      for (_, path, _), (digest, _, _) in zip(jobs, results) if digest]
+    files = {name: digest for name, digest, _ in shards_written}
+    sizes = {name: size for name, _, size in shards_written}
     written = [sid for _, ids, _ in results for sid in ids]
     errors = [error for _, _, errs in results for error in errs]
-    return {"count": len(written), "files": files}, written, errors
+    return {"count": len(written), "files": files, "bytes": sizes}, written, errors
 
 
 def compose_splits(voc_root: str, sbd_root: Optional[str]) -> Tuple[Dict[str, List[Sample]], Dict[str, int]]:
@@ -186,9 +190,11 @@ def build(voc_root: str, out_dir: str, shards: Optional[int] = None, workers: in
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.build_dataset", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-root", required=True, help="VOC2012 directory (JPEGImages, SegmentationClass, ImageSets)")
-    parser.add_argument("--sbd-root", help="optional SBD benchmark_RELEASE directory (dataset/img, dataset/cls)")
-    parser.add_argument("--out", required=True, help="output dataset directory")
+    parser.add_argument("--voc-root", required=True, type=resolve_path,
+                        help="VOC2012 directory (JPEGImages, SegmentationClass, ImageSets)")
+    parser.add_argument("--sbd-root", type=resolve_path,
+                        help="optional SBD benchmark_RELEASE directory (dataset/img, dataset/cls)")
+    parser.add_argument("--out", required=True, type=resolve_path, help="output dataset directory")
     parser.add_argument("--shards", type=int, help="MindRecord files per split (default: one per worker)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="encoding processes (default: min(4, cores))")

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from fcn8s.data.voc import IGNORE_LABEL
 from fcn8s.errors import ConfigError
 
 # Set by launchers that run ranks in their own working directories: relative paths in the
@@ -56,7 +57,9 @@ class DataConfig:
     crop_size: int = field(default=512, metadata=_range(32, 4096))
     min_scale: float = field(default=0.5, metadata=_range(0.0, 10.0, lo_open=True))
     max_scale: float = field(default=2.0, metadata=_range(0.0, 10.0, lo_open=True))
-    ignore_label: int = field(default=255, metadata=_range(0, 255))
+    # The label value loss and metrics skip. Only 255 is accepted: it is the value the MindRecord labels
+    # give VOC's boundary/void pixels (build_dataset writes no other), see docs/operations.md.
+    ignore_label: int = field(default=IGNORE_LABEL, metadata=_range(0, 255))
     image_mean: Tuple[float, ...] = (103.53, 116.28, 123.675)
     image_std: Tuple[float, ...] = (57.375, 57.120, 58.395)
     num_workers: int = field(default=2, metadata=_range(1, 64))
@@ -217,6 +220,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _cross_checks(cfg: Config) -> None:
     data = cfg.data
+    if data.ignore_label != IGNORE_LABEL:
+        raise ConfigError(f"data.ignore_label: must be {IGNORE_LABEL}, the value the dataset gives VOC's boundary "
+                          f"pixels (build_dataset writes no other ignore value), got {data.ignore_label}")
     if data.min_scale > data.max_scale:
         raise ConfigError(f"data.min_scale ({data.min_scale}) must not exceed data.max_scale ({data.max_scale})")
     for key in ("image_mean", "image_std"):
@@ -280,7 +286,10 @@ def read_yaml(path: str) -> Dict[str, Any]:
 
 
 def resolve_path(path: str) -> str:
-    """Absolute path; relative ones are taken from the launch directory (see LAUNCH_DIR_ENV)."""
+    """Absolute path; relative ones are taken from the launch directory (see LAUNCH_DIR_ENV).
+
+    The one resolver of every path: config keys and each CLI path argument (``type=resolve_path``).
+    """
     return os.path.abspath(os.path.join(os.environ.get(LAUNCH_DIR_ENV, os.getcwd()), path))
 
 

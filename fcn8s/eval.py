@@ -11,68 +11,22 @@ and writes them (with the scales and flip used) as JSON next to the checkpoint
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
-from tqdm import tqdm
-
-from fcn8s.config import Config, add_config_arguments, config_from_args
-from fcn8s.data.pipeline import iterate_eval_samples
-from fcn8s.data.voc import VOC_CLASSES
-from fcn8s.distributed import DistContext, sum_across_ranks
+from fcn8s.config import add_config_arguments, config_from_args, resolve_path
+from fcn8s.data.mindrecord import verify_split
+from fcn8s.distributed import sum_across_ranks
 from fcn8s.errors import run_cli
+from fcn8s.evaluation import class_names, evaluate
 from fcn8s.inference import Predictor, add_tta_arguments
-from fcn8s.metrics import confusion_matrix, summarize
+from fcn8s.metrics import summarize
 from fcn8s.plots import plot_class_iou
 from fcn8s.runtime import start
 
 LOG = logging.getLogger("fcn8s.eval")
-
-
-def class_names(num_classes: int) -> List[str]:
-    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
-
-
-def evaluate(cfg: Config, ctx: DistContext, predictor: Predictor, split: str = "val",
-             scales: Sequence[float] = (1.0,), flip: bool = False,
-             progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
-    """Confusion matrix of this rank's share of ``split`` (TTA: scales, flip); sum it over ranks.
-
-    ``progress(images scored so far)`` is called after each batch (the trainer renews its heartbeat).
-    """
-    score = functools.partial(_score, predictor, cfg=cfg, scales=scales, flip=flip)
-    hist = np.zeros((cfg.model.num_classes,) * 2, np.int64)
-    scored = 0
-    samples = iterate_eval_samples(cfg.data.mindrecord_dir, ctx.rank, ctx.size, split)
-    with tqdm(desc="eval", unit="img", disable=not ctx.is_main) as bar:  # counts scored, not read, images
-        for batch in _batches(samples, cfg.eval.batch_size):
-            hist += score(batch)
-            scored += len(batch)
-            bar.update(len(batch))
-            if progress:
-                progress(scored)
-    return hist
-
-
-def _batches(samples: Iterable[tuple], size: int) -> Iterator[List[tuple]]:
-    batch: List[tuple] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _score(predictor: Predictor, batch: List[tuple], cfg: Config, scales: Sequence[float], flip: bool) -> np.ndarray:
-    preds = predictor.predict_tta([image for _, image, _ in batch], cfg.eval.batch_size, scales, flip)
-    return sum(confusion_matrix(label, pred, cfg.model.num_classes, cfg.data.ignore_label)
-               for (_, _, label), pred in zip(batch, preds))
 
 
 def format_table(summary: Dict[str, object], names: Sequence[str]) -> str:
@@ -92,9 +46,11 @@ def format_table(summary: Dict[str, object], names: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate (.ckpt)")
+    parser.add_argument("--ckpt", required=True, type=resolve_path, help="checkpoint to evaluate (.ckpt)")
     parser.add_argument("--split", default="val", help="dataset split to evaluate (default val)")
-    parser.add_argument("--out", help="metrics JSON path (default: <ckpt without .ckpt>.eval.json)")
+    parser.add_argument("--out", type=resolve_path, help="metrics JSON path (default: <ckpt without .ckpt>.eval.json)")
+    parser.add_argument("--verify-data", action="store_true",
+                        help="check the split's shard files against the sha256 in manifest.json first")
     add_tta_arguments(parser)
     parser.add_argument("--no-plot", action="store_true", help="do not write the per-class IoU bar chart")
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
@@ -104,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    verify_split(cfg.data.mindrecord_dir, args.split, args.verify_data)
     ctx = start(cfg)
     predictor = Predictor.from_checkpoint(cfg, args.ckpt)
     hist = sum_across_ranks(evaluate(cfg, ctx, predictor, args.split, args.scales, args.flip), ctx)
     summary = summarize(hist)
-    summary.update({"checkpoint": os.path.abspath(args.ckpt), "split": args.split, "scales": args.scales,
+    summary.update({"checkpoint": args.ckpt, "split": args.split, "scales": args.scales,
                     "flip": args.flip, "class_names": class_names(cfg.model.num_classes)})
     if ctx.is_main:
         out = args.out or os.path.splitext(args.ckpt)[0] + ".eval.json"

@@ -16,7 +16,7 @@ import numpy as np
 import mindspore as ms
 
 from fcn8s.checkpoint import load_weights
-from fcn8s.config import add_config_arguments, config_from_args
+from fcn8s.config import add_config_arguments, config_from_args, resolve_path
 from fcn8s.errors import UserError, run_cli
 from fcn8s.model import OUTPUT_STRIDE, build_model
 from fcn8s.runtime import resolve_device_target, start
@@ -28,12 +28,13 @@ SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True, type=resolve_path, help="checkpoint (.ckpt)")
     parser.add_argument("--format", default="MINDIR", choices=sorted(SUFFIXES), help="export format")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
                         help="input height and width, multiples of 32 (default 512 512)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the exported input (default 1)")
-    parser.add_argument("--out", default="fcn8s", help="output file name without suffix (default fcn8s)")
+    parser.add_argument("--out", default="fcn8s", type=resolve_path,
+                        help="output file name without suffix (default fcn8s)")
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
     return parser
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from rank_table import RankTableError
+from rank_table.devices import DEFAULT_HCCN_CONF
+from rank_table.files import generate_table
 from rank_table.table import validate_table
 
 from fcn8s.config import LAUNCH_DIR_ENV
@@ -116,15 +118,13 @@ class RankProcesses:
 
 
 def generate_rank_table(devices: Sequence[int], log_dir: str) -> str:
-    """Write an HCCL rank table for this server's ``devices`` with ``python -m rank_table``."""
+    """Write an HCCL rank table for this server's ``devices`` (device IPs from HCCN_CONF or hccn_tool)."""
     os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, "rank_table.json")
-    command = [sys.executable, "-m", "rank_table", "generate", "--devices", ",".join(map(str, devices)), "-o", path]
-    if os.environ.get("HCCN_CONF"):
-        command += ["--hccn-conf", os.environ["HCCN_CONF"]]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO_ROOT})
-    if result.returncode != 0:
-        raise UserError(f"cannot generate a rank table: {result.stderr.strip()} (or set RANK_TABLE_FILE)")
+    try:
+        generate_table(path, list(devices), os.environ.get("HCCN_CONF") or DEFAULT_HCCN_CONF)
+    except RankTableError as err:
+        raise UserError(f"cannot generate a rank table: {err} (or set RANK_TABLE_FILE)") from None
     return path
 
 

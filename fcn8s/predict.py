@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fcn8s.config import add_config_arguments, config_from_args
+from fcn8s.config import add_config_arguments, config_from_args, resolve_path
 from fcn8s.data.voc import voc_palette, write_label_png
 from fcn8s.errors import UserError, run_cli
 from fcn8s.inference import Predictor, add_tta_arguments
@@ -56,9 +56,9 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fcn8s.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt)")
-    parser.add_argument("--input", required=True, help="an image file or a directory of images")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--ckpt", required=True, type=resolve_path, help="checkpoint (.ckpt)")
+    parser.add_argument("--input", required=True, type=resolve_path, help="an image file or a directory of images")
+    parser.add_argument("--out", required=True, type=resolve_path, help="output directory")
     add_tta_arguments(parser)
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
     return parser

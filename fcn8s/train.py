@@ -33,10 +33,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from fcn8s.config import Config, config_from_args, resolve_path, save_config
+import numpy as np
+
+from fcn8s.checkpoint import read_sidecar
+from fcn8s.config import Config, config_from_args, save_config
+from fcn8s.data.mindrecord import verify_split
 from fcn8s.data.pipeline import count_samples
-from fcn8s.distributed import SELF_BOOTSTRAPPED, DistContext, detect_launcher, finalize_mpi
-from fcn8s.errors import EXIT_DIVERGED, run_cli
+from fcn8s.distributed import SELF_BOOTSTRAPPED, DistContext, detect_launcher, finalize_mpi, sum_across_ranks
+from fcn8s.errors import EXIT_DIVERGED, UserError, run_cli
 from fcn8s.launch import this_host
 from fcn8s.model import build_model, resolve_conv_impl
 from fcn8s.plots import plot_training_curves
@@ -52,12 +56,30 @@ LOG = logging.getLogger("fcn8s.train")
 
 
 def resume_path(resume: Optional[str], trainer: Trainer) -> Optional[str]:
-    """The checkpoint to resume from for ``--resume`` (None: start from scratch)."""
+    """The checkpoint this rank would resume from for ``--resume`` (None: start from scratch)."""
     if resume != "auto":
-        return resolve_path(resume) if resume else None
+        return resume or None
     path = trainer.checkpoints.latest()
     if path is None:
         LOG.info("--resume auto: no complete checkpoint in %s, starting from scratch", trainer.checkpoints.directory)
+    return path
+
+
+def agreed_resume_path(resume: Optional[str], trainer: Trainer, ctx: DistContext) -> Optional[str]:
+    """:func:`resume_path`, checked to give the same step on every rank (a collective every rank joins).
+
+    Without storage shared by all nodes each node sees only its own checkpoints: ranks that would
+    resume from different steps, or some from none, stop with one error instead of diverging or hanging.
+    """
+    path = resume_path(resume, trainer)
+    meta = read_sidecar(path) if path else None
+    slots = np.zeros(ctx.size, np.int64)
+    slots[ctx.rank or 0] = int(meta["step"]) + 1 if meta else 0  # 0: nothing (resumable) to resume from
+    steps = sum_across_ranks(slots, ctx)
+    if len(set(steps.tolist())) > 1:
+        found = ", ".join(f"rank {rank}: {f'step {step - 1}' if step else 'none'}" for rank, step in enumerate(steps))
+        raise UserError(f"ranks would resume from different checkpoints ({found}): --resume needs run.output_dir on "
+                        "storage shared by all nodes, or the same checkpoint path on every node")
     return path
 
 
@@ -66,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.pretrained:
         args.overrides.append(f"model.pretrained={args.pretrained}")
     cfg = config_from_args(args)
+    for split in ("train", "val") if cfg.train.eval_interval else ("train",):
+        verify_split(cfg.data.mindrecord_dir, split, args.verify_data)
     ctx = start(cfg)
     limits = HangLimits.below_hccl(args.hang_timeout, args.first_step_timeout,
                                    hccl_exec_timeout(os.environ, cfg.dist.hccl_exec_timeout))
@@ -86,7 +110,7 @@ def train(args: argparse.Namespace, cfg: Config, ctx: DistContext, watchdog: Opt
     trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir))
     if watchdog:
         watchdog.watch(trainer.heartbeat)
-    checkpoint = resume_path(args.resume, trainer)
+    checkpoint = agreed_resume_path(args.resume, trainer, ctx)
     if checkpoint:
         trainer.resume(checkpoint)
     elif cfg.model.pretrained:

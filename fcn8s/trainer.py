@@ -31,7 +31,7 @@ from fcn8s.data.pipeline import create_train_dataset
 from fcn8s.data.sampling import steps_in_epoch
 from fcn8s.distributed import DistContext, sum_across_ranks
 from fcn8s.errors import UserError
-from fcn8s.eval import evaluate
+from fcn8s.evaluation import evaluate
 from fcn8s.faults import FaultInjector
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor

@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from rank_table import RankTableError, devices
-from rank_table.table import build_table, merge_tables, validate_table
+from rank_table.files import generate_table, load_table, write_table
+from rank_table.table import merge_tables
 
 EXIT_USER_ERROR = 2
-FILE_MODE = 0o644
 
 GENERATE_HELP = f"""\
 Write the rank table of this server.
@@ -128,11 +124,9 @@ def _positive_int(text: str) -> int:
 def _generate(args: argparse.Namespace) -> str:
     """Build and write this server's table; return the summary line."""
     requested = devices.parse_device_spec(args.devices) if args.devices is not None else None
-    chosen = devices.choose_devices(requested, devices.visible_devices(os.environ))
-    ips = devices.device_ips(chosen, args.hccn_conf, args.hccn_tool)
-    server_id = devices.check_ip(args.server_ip, "--server-ip") if args.server_ip else devices.host_ip()
-    write_table(args.output, build_table(server_id, ips))
-    return f"wrote {args.output} ({len(ips)} devices, server {server_id})"
+    table = generate_table(args.output, requested, args.hccn_conf, args.hccn_tool, args.server_ip)
+    server = table["server_list"][0]
+    return f"wrote {args.output} ({len(server['device'])} devices, server {server['server_id']})"
 
 
 def _merge(args: argparse.Namespace) -> str:
@@ -153,40 +147,6 @@ def _validate(args: argparse.Namespace) -> str:
     """Validate one file; return the summary line."""
     servers, count = load_table(args.file, args.expect_size)[1]
     return f"{args.file}: ok ({servers} servers, {count} devices)"
-
-
-def load_table(path: str, expect_size: int | None = None) -> tuple[dict[str, Any], tuple[int, int]]:
-    """Read and validate a table file; return it with its (servers, devices); errors name ``path``."""
-    try:
-        with open(path, encoding="utf-8") as source:
-            table = json.load(source)
-    except OSError as exc:
-        raise RankTableError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise RankTableError(f"{path}: invalid JSON: {exc}") from None
-    try:
-        return table, validate_table(table, expect_size)
-    except RankTableError as exc:
-        raise RankTableError(f"{path}: {exc}") from None
-
-
-def write_table(path: str, table: dict[str, Any]) -> None:
-    """Write ``table`` as indented JSON atomically: a temporary file in the same directory, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".rank_table.", suffix=".tmp")
-    except OSError as exc:
-        raise RankTableError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as target:
-            json.dump(table, target, indent=4)
-            target.write("\n")
-            os.fchmod(target.fileno(), FILE_MODE)
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise RankTableError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

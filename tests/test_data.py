@@ -1,4 +1,5 @@
 import importlib
+import json
 import os
 import shutil
 
@@ -15,7 +16,7 @@ from fcn8s.config import load_config
 from fcn8s.data.mindrecord import MANIFEST, dataset_files
 from fcn8s.data.normalize import TrainInput
 from fcn8s.data.pipeline import count_samples, create_train_dataset, iterate_eval_samples
-from fcn8s.data.sampling import rank_indices
+from fcn8s.data.sampling import eval_indices, rank_indices
 from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decode_label, prepare_eval_image, \
     restore_prediction
 from fcn8s.data.voc import read_label_png, voc_palette
@@ -69,6 +70,63 @@ def test_train_shards_partition_the_split(mindrecord_dir, size):
     assert len(flat) == len(set(flat)) == 24  # 24 samples: every one read by exactly one rank
 
 
+@pytest.mark.parametrize("size", [1, 2, 4, 5])
+def test_eval_shares_partition_the_split(mindrecord_dir, size):
+    """6 val images on 4 or 5 ranks: MindDataset's num_shards would read 8 or 10 (wrapping around)."""
+    shares = [[name for name, _, _ in iterate_eval_samples(mindrecord_dir, rank, size)] for rank in range(size)]
+    flat = [name for share in shares for name in share]
+    assert sorted(flat) == sorted(name for name, _, _ in iterate_eval_samples(mindrecord_dir)) and len(flat) == 6
+    assert [len(share) for share in shares] == [len(eval_indices(6, rank, size)) for rank in range(size)]
+
+
+def _damage(dataset, split, how):
+    """Damage the second shard of ``split`` in a copy of a dataset: truncate, drop its .db, or flip a byte."""
+    path = os.path.join(dataset, f"{split}.mindrecord-00001-of-00002")
+    if how == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif how == "no-db":
+        os.remove(path + ".db")
+    else:
+        with open(path, "r+b") as handle:
+            handle.seek(os.path.getsize(path) // 2)
+            byte = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    return path
+
+
+@pytest.mark.parametrize("module, split", [("fcn8s.eval", "val"), ("fcn8s.train", "train")])
+@pytest.mark.parametrize("how, message", [
+    ("truncated", "bytes, manifest.json says"),
+    ("no-db", "its index train.mindrecord-00001-of-00002.db is missing"),
+    ("sha", "sha256 differs from manifest.json"),
+])
+def test_damaged_dataset_is_one_line_naming_the_file(mindrecord_dir, tmp_path, module, split, how, message):
+    dataset = str(tmp_path / "dataset")
+    shutil.copytree(mindrecord_dir, dataset)
+    path = _damage(dataset, split, how)
+    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={dataset}", "--verify-data"]
+    result = run_module(module, *args, *(["--ckpt", str(tmp_path / "unused.ckpt")] if module == "fcn8s.eval" else []),
+                        timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no MindSpore stack
+    assert result.stderr.startswith(f"error: {path}: ") and message.replace("train", split) in result.stderr
+
+
+def test_sha_is_only_checked_with_verify_data_and_reader_errors_name_the_dataset(mindrecord_dir, tmp_path):
+    dataset = str(tmp_path / "dataset")
+    shutil.copytree(mindrecord_dir, dataset)
+    _damage(dataset, "val", "sha")
+    assert len(dataset_files(dataset, "val")) == 2  # sizes match: only --verify-data reads every byte
+    manifest_path = os.path.join(dataset, MANIFEST)
+    manifest = json.load(open(manifest_path))
+    del manifest["splits"]["val"]["bytes"]  # as written before sizes were recorded
+    json.dump(manifest, open(manifest_path, "w"))
+    _damage(dataset, "val", "truncated")
+    with pytest.raises(UserError, match=r"\('val' MindRecord files\): cannot read: .*Failed to read file"):
+        list(iterate_eval_samples(dataset))
+
+
 def test_train_dataset_batches_and_label_values(mindrecord_dir):
     cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", "data.crop_size=64", "train.batch_size=4"])
     dataset = create_train_dataset(cfg, rank=1, size=2)
@@ -84,8 +142,8 @@ def test_train_dataset_batches_and_label_values(mindrecord_dir):
 
 
 def test_pad_label_value_is_reserved(mindrecord_dir):
-    cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", f"data.ignore_label={PAD_LABEL}"])
-    with pytest.raises(UserError, match=f"label value {PAD_LABEL}"):
+    cfg = load_config(None, [f"data.mindrecord_dir={mindrecord_dir}", f"model.num_classes={PAD_LABEL + 1}"])
+    with pytest.raises(UserError, match=f"model.num_classes: at most {PAD_LABEL} \\(label value {PAD_LABEL}"):
         create_train_dataset(cfg)
 
 

@@ -1,5 +1,7 @@
 """Eval with test-time augmentation: scales x flip, canvases per scale, exact flip equivariance, CLI + JSON + plot."""
 import json
+import os
+import subprocess
 
 import cv2
 import numpy as np
@@ -10,7 +12,7 @@ import mindspore as ms
 from fcn8s.data.voc import IGNORE_LABEL, list_voc_samples, read_label_png
 from fcn8s.inference import Predictor, canvas_size
 from fcn8s.model import FCN8s
-from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
+from tests.conftest import PYTHON, REPO, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 MEAN, STD = (103.53, 116.28, 123.675), (57.375, 57.120, 58.395)
@@ -137,3 +139,51 @@ def test_eval_cli_single_scale_no_plot_and_bad_scales(checkpoint, mindrecord_dir
                           (["--scales", "1.0", "eval.image_size=96"], "put KEY=VALUE overrides before --scales")):
         bad = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, *SMALL_NETWORK, *args)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def odd_val(tmp_path_factory):
+    """(VOC tree, dataset) with 7 val images: neither 2 nor 3 ranks divide them."""
+    from fcn8s.build_dataset import build
+    from fcn8s.data.synthetic import generate
+
+    root = str(tmp_path_factory.mktemp("odd") / "VOC2012")
+    generate(root, num_train=4, num_val=7, num_classes=5, seed=4)
+    out = str(tmp_path_factory.mktemp("odd_mr") / "dataset")
+    build(root, out, shards=2, workers=1)
+    return root, out
+
+
+def launch_eval(nproc, log_dir, *eval_args, cwd=REPO):
+    return subprocess.run([PYTHON, "-m", "fcn8s.launch", "--nproc", str(nproc), "--log-dir", str(log_dir),
+                           "--module", "fcn8s.eval", "--", "--config", os.path.join(REPO, CONFIG), "--no-plot",
+                           "eval.image_size=96", *SMALL_NETWORK, *map(str, eval_args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": REPO})
+
+
+@pytest.mark.slow
+def test_distributed_eval_scores_every_image_once(checkpoint, odd_val, tmp_path):
+    """1, 2 and 3 ranks through the launcher give the same metrics, every labelled val pixel counted once."""
+    voc_tree, dataset = odd_val
+    results = []
+    for nproc in (1, 2, 3):
+        out = tmp_path / f"metrics_{nproc}.json"
+        result = launch_eval(nproc, tmp_path / f"logs_{nproc}", "--ckpt", checkpoint, "--out", out,
+                             "--set", f"data.mindrecord_dir={dataset}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    assert results[0]["pixels"] == labelled_pixels(voc_tree)
+    assert results[1] == results[0] and results[2] == results[0]
+
+
+@pytest.mark.slow
+def test_relative_paths_under_the_launcher_are_taken_from_the_launch_dir(checkpoint, mindrecord_dir, tmp_path):
+    """The rank runs in LOG_DIR/rank_0; --ckpt, --out and data.mindrecord_dir are relative to where we launched."""
+    os.symlink(checkpoint, tmp_path / "net.ckpt")
+    os.symlink(mindrecord_dir, tmp_path / "dataset")
+    result = launch_eval(1, "logs", "--ckpt", "net.ckpt", "--out", "metrics.json", "--set", "data.mindrecord_dir=dataset",
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(tmp_path / "net.ckpt") and os.listdir(tmp_path / "logs" / "rank_0") == []

@@ -4,16 +4,18 @@
 255 = ignore), written with zlib level 3 and the default strategy: such label maps decode ~3x
 faster than with OpenCV's default PNG settings, at about the same size. A dataset directory
 holds ``<split>.mindrecord*`` shard files and ``manifest.json``; it is written under a temporary
-name and renamed into place only when complete.
+name and renamed into place only when complete. The manifest records each shard's sha256 and
+size; readers compare sizes (and the ``.db`` index) on every open, sha256 on request.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
 import shutil
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -97,8 +99,9 @@ def publish(tmp_dir: str, out_dir: str, manifest: Dict[str, object]) -> None:
 
 
 def dataset_files(dataset_dir: str, split: str) -> List[str]:
-    """Shard files for ``split``; accepts a dataset directory or a MindRecord file path."""
+    """Shard files for ``split``, checked with :func:`check_files`; accepts a dataset directory or a MindRecord file."""
     if os.path.isfile(dataset_dir) and not dataset_dir.endswith(".db"):
+        check_files([dataset_dir], None, split)
         return [dataset_dir]
     if not os.path.isdir(dataset_dir):
         raise UserError(f"dataset not found: {dataset_dir} (build it with python -m fcn8s.build_dataset)")
@@ -107,4 +110,74 @@ def dataset_files(dataset_dir: str, split: str) -> List[str]:
     files = split_files(dataset_dir, split)
     if not files:
         raise UserError(f"{dataset_dir}: no '{split}' MindRecord files ({split}.mindrecord*)")
+    check_files(files, read_manifest(dataset_dir), split)
     return files
+
+
+def read_manifest(dataset_dir: str) -> Optional[Dict[str, object]]:
+    """``manifest.json`` of a dataset directory (None if it has none: built by other tools)."""
+    path = os.path.join(dataset_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the dataset manifest ({err}); rebuild the dataset") from None
+
+
+def check_files(files: Sequence[str], manifest: Optional[Dict[str, object]], split: str,
+                checksums: bool = False) -> None:
+    """Refuse shard files that MindSpore could not read or that differ from the manifest.
+
+    Always: each file has its ``.db`` index and, with a manifest, the manifest's shard set and
+    byte sizes. ``checksums``: also the manifest's sha256 (reads every byte).
+    """
+    for path in files:
+        if not os.path.isfile(path + ".db"):
+            raise UserError(f"{path}: its index {os.path.basename(path)}.db is missing (rebuild the dataset)")
+    if manifest is None:
+        if checksums:
+            raise UserError(f"{os.path.dirname(files[0]) or '.'}: no {MANIFEST} to verify the '{split}' files against")
+        return
+    entry = manifest.get("splits", {}).get(split, {})
+    digests, sizes = entry.get("files", {}), entry.get("bytes", {})
+    names = {os.path.basename(path): path for path in files}
+    directory = os.path.dirname(files[0])
+    for name in sorted(set(digests) - set(names)):
+        raise UserError(f"{os.path.join(directory, name)}: shard file listed in {MANIFEST} is missing")
+    for name, path in names.items():
+        if name not in digests:
+            raise UserError(f"{path}: not a '{split}' shard of {MANIFEST} (a stray or renamed file?)")
+        if name in sizes and os.path.getsize(path) != sizes[name]:
+            raise UserError(f"{path}: {os.path.getsize(path)} bytes, {MANIFEST} says {sizes[name]} "
+                            "(truncated or damaged; rebuild the dataset)")
+        if checksums and sha256_file(path) != digests[name]:
+            raise UserError(f"{path}: sha256 differs from {MANIFEST} (damaged file; rebuild the dataset)")
+
+
+def verify_split(dataset_dir: str, split: str, checksums: bool = False) -> None:
+    """Check the shard files of ``split`` before a run starts; ``checksums`` (``--verify-data``): sha256 too."""
+    files = dataset_files(dataset_dir, split)
+    if checksums:
+        check_files(files, None if os.path.isfile(dataset_dir) else read_manifest(dataset_dir), split, checksums=True)
+
+
+@contextlib.contextmanager
+def read_errors(dataset_dir: str, split: str) -> Iterator[None]:
+    """Turn MindSpore's reader errors (RuntimeError, C++ stack) into one UserError naming the file."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err)
+        files = [dataset_dir] if os.path.isfile(dataset_dir) else split_files(dataset_dir, split)
+        named = [path for path in files if path in text]
+        where = named[0] if named else f"{dataset_dir} ('{split}' MindRecord files)"
+        raise UserError(f"{where}: cannot read: {_reader_message(text)} (damaged? rebuild the dataset)") from None
+
+
+def _reader_message(text: str) -> str:
+    """The one informative line of a MindSpore dataset error (its 'Dataset Pipeline Error Message')."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("---")]
+    marker = next((i for i, line in enumerate(lines) if line.startswith("- Dataset Pipeline Error Message")), None)
+    return lines[marker + 1] if marker is not None and marker + 1 < len(lines) else (lines[0] if lines else "error")

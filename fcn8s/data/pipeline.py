@@ -9,16 +9,17 @@ import numpy as np
 import mindspore.dataset as ds
 
 from fcn8s.config import Config
-from fcn8s.data.mindrecord import dataset_files
-from fcn8s.data.sampling import rank_indices, steps_in_epoch
+from fcn8s.data.mindrecord import dataset_files, read_errors
+from fcn8s.data.sampling import eval_indices, rank_indices, steps_in_epoch
 from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decode_label
 from fcn8s.errors import UserError
 
 
 def count_samples(dataset_dir: str, split: str = "train") -> int:
     """Number of samples in a split (all shard files)."""
-    return ds.MindDataset(dataset_files(dataset_dir, split), columns_list=["file_name"],
-                          shuffle=False).get_dataset_size()
+    files = dataset_files(dataset_dir, split)
+    with read_errors(dataset_dir, split):
+        return ds.MindDataset(files, columns_list=["file_name"], shuffle=False).get_dataset_size()
 
 
 def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int = 0, consumed: int = 0
@@ -33,9 +34,9 @@ def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int =
     """
     cv2.setNumThreads(1)
     data, batch_size = cfg.data, cfg.train.batch_size
-    if data.ignore_label == PAD_LABEL or cfg.model.num_classes > PAD_LABEL:
-        raise UserError(f"data.ignore_label and the classes must not use label value {PAD_LABEL}: "
-                        "the train pipeline marks padding with it")
+    if cfg.model.num_classes > PAD_LABEL:
+        raise UserError(f"model.num_classes: at most {PAD_LABEL} (label value {PAD_LABEL} marks padding in train "
+                        f"crops), got {cfg.model.num_classes}")
     files = dataset_files(data.mindrecord_dir, "train")
     num_samples = count_samples(data.mindrecord_dir)
     if steps_in_epoch(num_samples, 0, batch_size, size) == 0:
@@ -52,8 +53,15 @@ def create_train_dataset(cfg: Config, rank: int = 0, size: int = 1, epoch: int =
 
 def iterate_eval_samples(dataset_dir: str, rank: int = 0, size: int = 1, split: str = "val"
                          ) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (file_name, BGR image, label) for this rank's share of a split, in file order."""
+    """Yield (file_name, BGR image, label) for this rank's share of a split, in file order.
+
+    Every sample goes to exactly one rank (``num_shards`` would pad the shards by wrapping around).
+    """
+    indices = eval_indices(count_samples(dataset_dir, split), rank, size)
+    if not indices:
+        return
     dataset = ds.MindDataset(dataset_files(dataset_dir, split), columns_list=["file_name", "data", "label"],
-                             shuffle=False, num_shards=size, shard_id=rank)
-    for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
-        yield str(row["file_name"]), decode_image(row["data"].tobytes()), decode_label(row["label"].tobytes())
+                             sampler=ds.SubsetSampler(indices))
+    with read_errors(dataset_dir, split):
+        for row in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+            yield str(row["file_name"]), decode_image(row["data"].tobytes()), decode_label(row["label"].tobytes())

@@ -1,15 +1,17 @@
-"""Which train samples each rank reads, step by step: reproducible, disjoint and resumable.
+"""Which samples each rank reads (train: step by step): reproducible, disjoint and resumable.
 
 Epoch ``e`` visits the split in one global order, a permutation seeded by ``(seed, e)`` and equal on
 every rank. Each step consumes the next ``batch x ranks`` samples of that order and rank ``r`` takes
 positions ``r, r + ranks, ...`` of them, so after ``k`` steps exactly the first ``k x batch x ranks``
 samples of the epoch are consumed, whatever the rank count. Resuming (even on a different number
 of ranks) skips that many and continues; the tail that does not fill a global batch is left out of
-the epoch (a different tail every epoch).
+the epoch (a different tail every epoch). Evaluation reads every sample once: rank ``r`` scores
+samples ``r, r + ranks, ...`` of the split (:func:`eval_indices`).
 """
 from __future__ import annotations
 
 import zlib
+from typing import List
 
 import numpy as np
 
@@ -30,6 +32,11 @@ def rank_indices(num_samples: int, seed: int, epoch: int, consumed: int, batch_s
     remaining = epoch_order(num_samples, seed, epoch)[consumed:]
     usable = steps_in_epoch(num_samples, consumed, batch_size, num_ranks) * batch_size * num_ranks
     return remaining[:usable][rank::num_ranks]
+
+
+def eval_indices(num_samples: int, rank: int, num_ranks: int) -> List[int]:
+    """Sample indices rank ``rank`` scores in evaluation: every sample exactly once over the ranks, in file order."""
+    return list(range(rank, num_samples, num_ranks))
 
 
 def sample_rng(seed: int, epoch: int, file_name: str) -> np.random.Generator:
