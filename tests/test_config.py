@@ -58,6 +58,7 @@ def test_defaults_without_file_and_paths_are_absolute(monkeypatch, tmp_path):
     ("data.image_mean=5", "data.image_mean: expected a list"),
     ("data.crop_size=100", "data.crop_size: must be a multiple of 32"),
     ("model.fc_channels=0", "model.fc_channels: must be >= 1"),
+    ("data.ignore_label=0", "data.ignore_label: must be 255, the value the dataset gives VOC's boundary pixels"),
     ("train=3", "train: expected a mapping"),
     ("train.lr", "expected KEY=VALUE"),
 ])
@@ -84,10 +85,39 @@ def test_missing_and_malformed_files(tmp_path):
     (["--config", "configs/missing.yaml"], "config file not found: configs/missing.yaml"),
     (["--config", "configs/cpu_smoke.yaml", "train.nope=1"], "unknown key 'train.nope'"),
     (["--config", "configs/cpu_smoke.yaml", "--set", "train.lr=-1"], "train.lr: must be > 0"),
+    (["--config", "configs/cpu_smoke.yaml", "data.ignore_label=250"], "data.ignore_label: must be 255"),
 ])
-def test_cli_reports_one_line_and_exit_2(args, message):
-    result = run_module("fcn8s.train", *args, timeout=120)
+@pytest.mark.parametrize("module", ["fcn8s.train", "fcn8s.eval"])
+def test_cli_reports_one_line_and_exit_2(args, message, module):
+    if module == "fcn8s.eval":
+        args = ["--ckpt", "unused.ckpt", *args]
+    result = run_module(module, *args, timeout=120)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"error: {message}" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_every_cli_path_argument_is_taken_from_the_launch_dir(monkeypatch, tmp_path):
+    """Under a launcher the rank's cwd is LOG_DIR/rank_K: paths must resolve against FCN8S_LAUNCH_DIR."""
+    from fcn8s import build_dataset, eval as eval_cli, export, predict, train_args
+    from fcn8s.config import LAUNCH_DIR_ENV
+
+    monkeypatch.setenv(LAUNCH_DIR_ENV, str(tmp_path))
+    monkeypatch.chdir(REPO)
+    cases = [
+        (train_args, ["--resume", "ck/a.ckpt", "--pretrained", "w.ckpt"],
+         {"resume": "ck/a.ckpt", "pretrained": "w.ckpt"}),
+        (eval_cli, ["--ckpt", "a.ckpt", "--out", "m.json"], {"ckpt": "a.ckpt", "out": "m.json"}),
+        (predict, ["--ckpt", "a.ckpt", "--input", "img", "--out", "masks"],
+         {"ckpt": "a.ckpt", "input": "img", "out": "masks"}),
+        (export, ["--ckpt", "a.ckpt"], {"ckpt": "a.ckpt", "out": "fcn8s"}),
+        (build_dataset, ["--voc-root", "VOC", "--sbd-root", "SBD", "--out", "mr"],
+         {"voc_root": "VOC", "sbd_root": "SBD", "out": "mr"}),
+    ]
+    for module, argv, expected in cases:
+        args = module.build_parser().parse_args(argv)
+        assert {name: getattr(args, name) for name in expected} == {
+            name: str(tmp_path / rel) for name, rel in expected.items()}, module.__name__
+    assert train_args.build_parser().parse_args(["--resume", "auto"]).resume == "auto"
+    assert load_config(None, ["model.pretrained=w.ckpt"]).model.pretrained == str(tmp_path / "w.ckpt")

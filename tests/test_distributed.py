@@ -277,6 +277,18 @@ def test_ascend_path_generates_a_rank_table_and_sets_rank_env(tmp_path):
         assert report["cwd"] == str(logs / f"rank_{rank}")
 
 
+def test_rank_table_generation_failure_is_one_line(tmp_path):
+    """No hccn.conf and no hccn_tool on an 'Ascend host': the launcher's own one-line error, nothing started."""
+    result = _run([sys.executable, "-m", "fcn8s.launch", "--nproc", "2", "--log-dir", str(tmp_path / "logs"),
+                   "--dry-run"], env={"ASCEND_VISIBLE_DEVICES": "0,1", "HCCN_CONF": str(tmp_path / "hccn.conf"),
+                                      "PATH": os.path.dirname(sys.executable)}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: cannot generate a rank table: cannot find device IPs: {tmp_path}/hccn.conf does "
+                           "not exist and hccn_tool is not on PATH") and last.endswith("(or set RANK_TABLE_FILE)")
+    assert not os.path.exists(tmp_path / "logs" / "rank_table.json")
+
+
 FAKE_SCONTROL = """#!/bin/sh
 case "$1 $2" in
   "show hostnames") printf 'srv0\\nsrv1\\n' ;;

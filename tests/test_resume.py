@@ -129,3 +129,23 @@ def test_two_ranks_preempted_through_run_distribute_resume_identically(mindrecor
                                rtol=0, atol=1e-5)
     resumed_checksums = [_checksums((tmp_path / "logs_2" / f"rank_{k}.log").read_text()) for k in range(2)]
     assert resumed_checksums == full_checksums
+
+
+@pytest.mark.slow
+def test_resume_auto_without_shared_storage_is_one_error_on_every_rank(mindrecord_dir, tmp_path):
+    """Two ranks (mpirun, one command each) whose output dirs differ: rank 0 finds a checkpoint, rank 1 none.
+
+    Both must take part in the check and stop with the documented error (exit 2), not hang in a collective.
+    """
+    run_module("fcn8s.train", *_args(mindrecord_dir, tmp_path / "node0", "train.max_steps=2"), check=True)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    rank = [PYTHON, "-m", "fcn8s.train", "--resume", "auto", "--first-step-timeout", "120"]
+    mpirun = [os.path.join(os.path.dirname(PYTHON), "mpirun"), "--oversubscribe",
+              "-n", "1", *rank, *_args(mindrecord_dir, tmp_path / "node0"), ":",
+              "-n", "1", *rank, *_args(mindrecord_dir, tmp_path / "node1")]
+    result = subprocess.run(mpirun, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert errors == ["error: ranks would resume from different checkpoints (rank 0: step 2, rank 1: none): "
+                      "--resume needs run.output_dir on storage shared by all nodes, or the same checkpoint path "
+                      "on every node"] * 2
