@@ -21,7 +21,7 @@ from fcn8s.data.transforms import PAD_LABEL, TrainTransform, decode_image, decod
     restore_prediction
 from fcn8s.data.voc import read_label_png, voc_palette
 from fcn8s.errors import UserError
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 
 def test_synthetic_tree_has_the_voc_layout(voc_tree):
@@ -95,19 +95,30 @@ def _damage(dataset, split, how):
     return path
 
 
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """Weights of the small network, so that eval gets as far as reading the data."""
+    from fcn8s.model import FCN8s
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
+    ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
+    return path
+
+
 @pytest.mark.parametrize("module, split", [("fcn8s.eval", "val"), ("fcn8s.train", "train")])
 @pytest.mark.parametrize("how, message", [
     ("truncated", "bytes, manifest.json says"),
     ("no-db", "its index train.mindrecord-00001-of-00002.db is missing"),
     ("sha", "sha256 differs from manifest.json"),
 ])
-def test_damaged_dataset_is_one_line_naming_the_file(mindrecord_dir, tmp_path, module, split, how, message):
+def test_damaged_dataset_is_one_line_naming_the_file(mindrecord_dir, small_checkpoint, tmp_path, module, split, how,
+                                                     message):
     dataset = str(tmp_path / "dataset")
     shutil.copytree(mindrecord_dir, dataset)
     path = _damage(dataset, split, how)
-    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={dataset}", "--verify-data"]
-    result = run_module(module, *args, *(["--ckpt", str(tmp_path / "unused.ckpt")] if module == "fcn8s.eval" else []),
-                        timeout=120)
+    args = ["--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={dataset}", *SMALL_NETWORK]
+    args += ["--verify-data"] if how == "sha" else []  # sizes and .db are always checked
+    result = run_module(module, *args, *(["--ckpt", small_checkpoint] if module == "fcn8s.eval" else []), timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no MindSpore stack
     assert result.stderr.startswith(f"error: {path}: ") and message.replace("train", split) in result.stderr
