@@ -11,7 +11,7 @@ import mindspore.nn as nn
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s
 from fcn8s.predict import overlay
-from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
+from tests.conftest import REPO, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 SMALL = ("--config", CONFIG, *SMALL_NETWORK)  # KEY=VALUE overrides right after the config file
@@ -49,7 +49,7 @@ def test_overlay_shows_the_original_image_not_a_normalised_one():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--input", "nowhere.jpg"], "error: input not found: nowhere.jpg"),
+    (["--input", "nowhere.jpg"], f"error: input not found: {REPO}/nowhere.jpg"),  # relative to where we ran
     (["--input", "configs"], "no images"),
     (["--input", "configs/cpu_smoke.yaml"], "not a readable image"),
     (["--input", "configs", "--scales", "-1"], "scale must be in (0, 4.0], got -1"),
