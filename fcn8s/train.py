@@ -6,7 +6,9 @@
 Resume: ``--resume auto`` continues from the newest complete checkpoint in
 ``<run.output_dir>/checkpoints`` (or starts from scratch if there is none); ``--resume PATH``
 from that checkpoint. Weights, momentum, loss scaler, step, epoch and the position in the epoch's
-data are restored, so the resumed steps are the ones an uninterrupted run would have taken.
+data are restored, so the resumed steps are the ones an uninterrupted run would have taken. Every
+rank checks with the others that all resume from the same step (or all start fresh): nodes that do
+not share ``run.output_dir`` stop with one error (exit 2) instead of hanging.
 
 Preemption: on SIGTERM/SIGINT the ranks finish the current step, rank 0 writes a resumable
 checkpoint, and every rank exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT).
