@@ -190,6 +190,12 @@ def _finish(launcher, marker, timeout):
     return launcher.output_path.read_text(errors="replace"), leftovers
 
 
+def _worker_pid(marker, rank):
+    """PID of global rank ``rank``'s trainer in the job marked ``marker``."""
+    return next(pid for pid in _job_pids(marker) if f"MS_NODE_ID={rank}\0".encode() in open(f"/proc/{pid}/environ", "rb").read()
+                and b"fcn8s.train" in open(f"/proc/{pid}/cmdline", "rb").read())
+
+
 HANG_TIMEOUT = 10  # a 2-rank CPU step of the small network takes ~1 s; MindSpore's own heartbeat acts after ~30 s
 
 
@@ -201,9 +207,7 @@ def test_a_hung_rank_stops_the_job_naming_it(mindrecord_dir, tmp_path, how):
                                     HANG_TIMEOUT=HANG_TIMEOUT, **fault)
     _wait_for_step(logs, 1, 3, launcher)
     if how == "sigstop":
-        worker = [pid for pid in _job_pids(marker) if b"MS_NODE_ID=1\0" in open(f"/proc/{pid}/environ", "rb").read()
-                  and b"fcn8s.train" in open(f"/proc/{pid}/cmdline", "rb").read()]
-        os.kill(worker[0], signal.SIGSTOP)
+        os.kill(_worker_pid(marker, 1), signal.SIGSTOP)
     hung_at = time.monotonic()
     output, leftovers = _finish(launcher, marker, HANG_TIMEOUT + 60)
     took = time.monotonic() - hung_at
@@ -223,7 +227,7 @@ def test_a_hung_rank_stops_the_job_naming_it(mindrecord_dir, tmp_path, how):
 
 
 @pytest.mark.slow
-def test_a_killed_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
+def test_a_failing_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
     launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, tmp_path / "out", 500),
                                     FCN8S_FAULT="raise:rank=1:step=2")
     output, leftovers = _finish(launcher, marker, 300)
@@ -234,6 +238,19 @@ def test_a_killed_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
     assert any("RuntimeError: injected fault after step 2" in line for line in report["error_lines"])
     assert "steps reached: rank 0: " in output and "restarts used: 0" in output  # the printed summary
     assert "error lines of rank_1.log:" in output and "last lines of rank_1.log:" in output
+
+
+@pytest.mark.slow
+def test_a_killed_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
+    launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, tmp_path / "out", 500))
+    _wait_for_step(logs, 1, 2, launcher)
+    os.kill(_worker_pid(marker, 1), signal.SIGKILL)
+    output, leftovers = _finish(launcher, marker, 120)
+    assert launcher.returncode != 0 and leftovers == [], output[-3000:]
+    report = json.load(open(logs / "failure.json"))
+    assert (report["rank"], report["exit_code"], report["signal"]) == (1, 137, "SIGKILL"), report
+    assert report["message"].startswith("rank 1 on ") and "SIGKILL" in report["message"], report["message"]
+    assert report["steps"]["1"] >= 2 and "restarts used: 0" in output and "last lines of rank_1.log:" in output
 
 
 EVAL_IMAGE_SIZE = 256  # CPU Conv2D (oneDNN, NCHW) runs at ~1 GFLOP/s: ~1 min for 3 images per rank on 2 cores
