@@ -8,6 +8,7 @@ MINDIR and ONNX export on any backend; AIR needs an Ascend device. The input is 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import Optional, Sequence
 
@@ -49,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.format == "AIR" and resolve_device_target(cfg.run.device_target) != "Ascend":
         raise UserError("AIR export needs an Ascend device; use MINDIR or ONNX here")
     start(cfg)
-    net = build_model(cfg.model.num_classes, "conv", fc_channels=cfg.model.fc_channels)  # standard kernels
+    net = build_model(dataclasses.replace(cfg.model, amp_level="O0"), "conv")  # float32, standard kernels
     load_weights(net, args.ckpt)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch, 3, height, width), np.float32))
