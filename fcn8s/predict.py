@@ -6,7 +6,8 @@
 Writes ``<name>.png`` (VOC palette label map) and ``<name>_overlay.png`` (the input beside the
 input blended with the coloured mask) for every image. The images of a directory run in batches
 (default: the config's eval.batch_size), each padded to the same canvas as eval does, so any mix of
-sizes batches; the masks equal those of one image per call.
+sizes batches; the masks equal those of one image per call while each layer runs the same kernel
+for both (``conv_impl: auto`` chooses per call size, see fcn8s/fast_conv.py).
 """
 from __future__ import annotations
 
