@@ -41,7 +41,9 @@ class SameConv2d(nn.Cell):
         self.weight = ms.Parameter(
             initializer(weight_init, (out_channels, in_channels, kernel_size, kernel_size), ms.float32),
             name="weight")
-        self.conv2d = ops.Conv2D(out_channel=out_channels, kernel_size=kernel_size, pad_mode="same")
+        # kernel_size as a tuple, as nn.Conv2d passes it: MindSpore's ONNX exporter fails on an int
+        # ("Cast value from type Int64Imm to ValueTuple failed").
+        self.conv2d = ops.Conv2D(out_channel=out_channels, kernel_size=(kernel_size, kernel_size), pad_mode="same")
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.uses_matmul(x.shape):

@@ -70,7 +70,7 @@ class Predictor:
     def from_checkpoint(cls, cfg: Config, ckpt: str) -> "Predictor":
         """The configured network (kernels chosen for this device) with weights from ``ckpt``."""
         conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
-        net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level, cfg.model.fc_channels)
+        net = build_model(cfg.model, conv_impl)
         load_weights(net, ckpt)
         return cls(net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
 

@@ -13,7 +13,7 @@ import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
 
-from fcn8s.config import FC_CHANNELS
+from fcn8s.config import FC_CHANNELS, ModelConfig
 from fcn8s.fast_conv import SameConv2d
 
 # (output channels, number of 3x3 convs) per VGG16 block.
@@ -98,10 +98,11 @@ def resolve_conv_impl(setting: str, device_target: str) -> str:
     return "conv"
 
 
-def build_model(num_classes: int, conv_impl: str = "conv", amp_level: str = "O0",
-                fc_channels: int = FC_CHANNELS) -> nn.Cell:
-    """Create FCN8s, cast for mixed precision when ``amp_level`` is O1-O3 (float32 master weights)."""
-    net = FCN8s(n_class=num_classes, conv_impl=conv_impl, fc_channels=fc_channels)
-    if amp_level != "O0":
-        net = ms.amp.auto_mixed_precision(net, amp_level)
+def build_model(cfg: ModelConfig, conv_impl: str) -> nn.Cell:
+    """FCN8s as ``cfg`` describes it (classes, conv6/conv7 width), cast for mixed precision when
+    ``cfg.amp_level`` is O1-O3 (float32 master weights). ``conv_impl``: 'conv', 'matmul' or 'auto'
+    as resolved for the device (:func:`resolve_conv_impl`; ``cfg.conv_impl`` is the user's setting)."""
+    net = FCN8s(n_class=cfg.num_classes, conv_impl=conv_impl, fc_channels=cfg.fc_channels)
+    if cfg.amp_level != "O0":
+        net = ms.amp.auto_mixed_precision(net, cfg.amp_level)
     return net

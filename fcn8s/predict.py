@@ -1,10 +1,13 @@
 """Predict segmentation masks for images of any size.
 
     python -m fcn8s.predict --config configs/cpu_smoke.yaml --ckpt runs/demo/checkpoints/fcn8s-final.ckpt \\
-        --input photo.jpg|DIR --out predictions/ [--scales 0.75 1.0 1.25] [--flip]
+        --input photo.jpg|DIR --out predictions/ [--scales 0.75 1.0 1.25] [--flip] [--batch-size 4]
 
 Writes ``<name>.png`` (VOC palette label map) and ``<name>_overlay.png`` (the input beside the
-input blended with the coloured mask) for every image.
+input blended with the coloured mask) for every image. The images of a directory run in batches
+(default: the config's eval.batch_size), each padded to the same canvas as eval does, so any mix of
+sizes batches; the masks equal those of one image per call while each layer runs the same kernel
+for both (``conv_impl: auto`` chooses per call size, see fcn8s/fast_conv.py).
 """
 from __future__ import annotations
 
@@ -46,11 +49,29 @@ def read_image(path: str) -> np.ndarray:
     return image
 
 
+def batch_size_arg(text: str) -> int:
+    """argparse type for ``--batch-size``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image (as given, not normalised) beside the image blended with the coloured mask."""
     colours = voc_palette()[label][:, :, ::-1]  # RGB palette -> BGR
     blended = cv2.addWeighted(image, 1 - alpha, colours, alpha, 0)
     return np.concatenate([image, blended], axis=1)
+
+
+def write_outputs(out_dir: str, path: str, image: np.ndarray, label: np.ndarray) -> None:
+    """``<name>.png`` (palette mask) and ``<name>_overlay.png`` for the image read from ``path``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    write_label_png(os.path.join(out_dir, f"{stem}.png"), label)
+    cv2.imwrite(os.path.join(out_dir, f"{stem}_overlay.png"), overlay(image, label))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, type=resolve_path, help="checkpoint (.ckpt)")
     parser.add_argument("--input", required=True, type=resolve_path, help="an image file or a directory of images")
     parser.add_argument("--out", required=True, type=resolve_path, help="output directory")
+    parser.add_argument("--batch-size", type=batch_size_arg, metavar="N",
+                        help="images per network call (default: the config's eval.batch_size)")
     add_tta_arguments(parser)
     add_config_arguments(parser, default_config="configs/voc_fcn8s.yaml")
     return parser
@@ -71,12 +94,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start(cfg)
     predictor = Predictor.from_checkpoint(cfg, args.ckpt)
     os.makedirs(args.out, exist_ok=True)
-    for path in tqdm(paths, desc="predict", unit="img"):
-        image = read_image(path)
-        label = predictor.predict_tta([image], 1, args.scales, args.flip)[0].astype(np.uint8)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        write_label_png(os.path.join(args.out, f"{stem}.png"), label)
-        cv2.imwrite(os.path.join(args.out, f"{stem}_overlay.png"), overlay(image, label))
+    batch_size = min(args.batch_size or cfg.eval.batch_size, len(paths))  # one image: no padding images
+    LOG.info("%d image(s), %d per network call", len(paths), batch_size)
+    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        for first in range(0, len(paths), batch_size):
+            batch = paths[first:first + batch_size]
+            images = [read_image(path) for path in batch]
+            labels = predictor.predict_tta(images, batch_size, args.scales, args.flip)
+            for path, image, label in zip(batch, images, labels):
+                write_outputs(args.out, path, image, label.astype(np.uint8))
+            bar.update(len(batch))
     LOG.info("wrote %d mask(s) and overlay(s) to %s", len(paths), args.out)
     return 0
 

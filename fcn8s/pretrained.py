@@ -41,7 +41,7 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from fcn8s.errors import UserError, run_cli
-from fcn8s.config import FC_CHANNELS
+from fcn8s.config import FC_CHANNELS, ModelConfig
 from fcn8s.model import VGG16_BLOCKS, build_model
 
 LOG = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.ckpt:
         raise UserError("give a checkpoint to check, or --table NAMING")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = load_pretrained_backbone(build_model(args.num_classes, "conv"), args.ckpt)
+    report = load_pretrained_backbone(build_model(ModelConfig(num_classes=args.num_classes), "conv"), args.ckpt)
     print(f"naming {report.naming}: loaded {len(report.loaded)}, missing {len(report.missing)}, "
           f"unexpected {len(report.unexpected)}")
     return 0

@@ -108,7 +108,7 @@ def train(args: argparse.Namespace, cfg: Config, ctx: DistContext, watchdog: Opt
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.run.output_dir, "config.yaml"))
     conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
-    net = build_model(cfg.model.num_classes, conv_impl, cfg.model.amp_level, cfg.model.fc_channels)
+    net = build_model(cfg.model, conv_impl)
     trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir))
     if watchdog:
         watchdog.watch(trainer.heartbeat)

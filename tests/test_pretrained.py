@@ -6,6 +6,7 @@ import pytest
 import mindspore as ms
 import mindspore.nn as nn
 
+from fcn8s.config import ModelConfig
 from fcn8s.errors import UserError
 from fcn8s.model import build_model
 from fcn8s.pretrained import load_pretrained_backbone
@@ -70,7 +71,7 @@ def vgg_checkpoint(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(vgg_checkpoint):
     vgg, path = vgg_checkpoint
-    net = build_model(21, "matmul")
+    net = build_model(ModelConfig(), "matmul")
     report = load_pretrained_backbone(net, path)
     net.set_train(False)
     return vgg, net, report
@@ -131,7 +132,7 @@ def test_conv6_conv7_compute_fc6_fc7(loaded):
 
 @pytest.mark.slow
 def test_fc6_fc7_do_not_fit_a_narrower_conv6(vgg_checkpoint):
-    net = build_model(21, "matmul", fc_channels=SMALL_FC_CHANNELS)
+    net = build_model(ModelConfig(fc_channels=SMALL_FC_CHANNELS), "matmul")
     path = vgg_checkpoint[1]
     expect_error(net, path, path, "conv6.0.weight would get shape (4096, 512, 7, 7)", "(16, 512, 7, 7)")
 
@@ -152,7 +153,7 @@ def backbone_arrays(prefix="features", skip=(), override=None):
 @pytest.fixture(scope="module")
 def fcn():
     """One (narrow) FCN-8s for the tests below (a refused file changes nothing, as expect_error checks)."""
-    return build_model(21, "matmul", fc_channels=SMALL_FC_CHANNELS)
+    return build_model(ModelConfig(fc_channels=SMALL_FC_CHANNELS), "matmul")
 
 
 def test_features_only_checkpoint_leaves_conv6_conv7(fcn, tmp_path):
