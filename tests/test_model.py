@@ -70,3 +70,38 @@ def test_output_keeps_input_size(our_net, height, width):
     out = our_net(ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, height, width)).astype(np.float32)))
     assert out.shape == (2, 21, height, width)
     assert np.isfinite(out.asnumpy()).all()
+
+
+@pytest.mark.slow
+def test_o2_mixed_precision_builds_and_trains_on_cpu():
+    """model.amp_level=O2: float16 compute, float32 master weights, the same parameter names, finite steps."""
+    from mindspore import amp
+    import mindspore.nn as nn
+    from fcn8s.losses import SegmentationCrossEntropy
+    from fcn8s.model import build_model
+    from fcn8s.trainer import _no_reduction, make_train_step
+    ms.set_seed(1)
+    fp32 = build_model(21, "matmul", "O0", fc_channels=16)
+    ms.set_seed(1)
+    mixed = build_model(21, "matmul", "O2", fc_channels=16)
+    assert _shapes(mixed) == _shapes(fp32)  # O2 checkpoints load into O0 networks and back
+    assert {p.dtype for p in mixed.get_parameters()} == {ms.float32}
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    labels = ms.Tensor(rng.integers(0, 21, size=(2, 32, 32)).astype(np.int32))
+    fp32.set_train(False)
+    mixed.set_train(False)
+    expected, got = fp32(images).asnumpy(), mixed(images).asnumpy()
+    assert got.dtype == np.float32
+    difference = np.abs(got - expected).max() / np.abs(expected).max()
+    assert 1e-6 < difference < 1e-2, difference  # float16 rounding, not float32's and not garbage
+    mixed.set_train(True)
+    optimizer = nn.Momentum(mixed.trainable_params(), learning_rate=0.01, momentum=0.9)
+    step = make_train_step(mixed, SegmentationCrossEntropy(21, 255), optimizer,
+                           amp.DynamicLossScaler(1024.0, 2, 50), _no_reduction)
+    weight = mixed.parameters_dict()["score_fr.weight"]
+    before = weight.asnumpy().copy()
+    for _ in range(2):
+        loss, finite, _ = step(images, labels)
+        assert np.isfinite(float(loss.asnumpy())) and bool(finite.asnumpy())
+    assert weight.dtype == ms.float32 and not np.array_equal(weight.asnumpy(), before)
