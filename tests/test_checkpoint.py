@@ -52,6 +52,22 @@ def test_restore_brings_back_weights_momentum_step_and_loss_scaler(tmp_path):
     assert float(scaler2.scale_value.asnumpy()) == 256.0 and int(scaler2.counter.asnumpy()) == 13
 
 
+def test_restore_brings_back_batchnorm_running_statistics(tmp_path):
+    def state():
+        net = nn.SequentialCell(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        return net, nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9), amp.DynamicLossScaler(8, 2, 5)
+
+    net, optimizer, scaler = state()
+    bn = net[1]
+    bn.moving_mean.set_data(ms.Tensor(np.array([1.0, -2.0, 3.0, 0.5], np.float32)))
+    bn.moving_variance.set_data(ms.Tensor(np.array([0.25, 4.0, 9.0, 1.5], np.float32)))
+    path = CheckpointManager(str(tmp_path), 1, "d").save(training_state(net, optimizer, scaler), 1, POSITION)
+    fresh, fresh_optimizer, fresh_scaler = state()
+    restore_training_state(path, fresh, fresh_optimizer, fresh_scaler)
+    np.testing.assert_array_equal(fresh[1].moving_mean.asnumpy(), [1.0, -2.0, 3.0, 0.5])
+    np.testing.assert_array_equal(fresh[1].moving_variance.asnumpy(), [0.25, 4.0, 9.0, 1.5])
+
+
 def test_corrupt_checkpoint_is_skipped_by_auto_and_refused_by_path(tmp_path):
     net, optimizer, scaler = _state()
     manager = CheckpointManager(str(tmp_path), 3, "d")

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+import mindspore as ms
+
 from fcn8s.checkpoint import read_sidecar
 from fcn8s.faults import FAULT_ENV
 from tests.conftest import PYTHON, REPO, SMALL_NETWORK, run_module
@@ -103,6 +105,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(mindrec
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [expected[s] for s in sorted(expected)],
                                rtol=0, atol=1e-5)
     assert _checksums(result.stderr) == _checksums(full_log)
+    # BatchNorm running statistics (outside the checksum, unused by training-mode losses) continue too
+    finals = [ms.load_checkpoint(os.path.join(out, "checkpoints", "fcn8s-final.ckpt")) for out in (full, tmp_path)]
+    stats = [name for name in finals[0] if name.endswith((".moving_mean", ".moving_variance"))]
+    assert len(stats) == 2 * 15  # 15 BatchNorm layers
+    for name in stats:
+        np.testing.assert_allclose(finals[1][name].asnumpy(), finals[0][name].asnumpy(), rtol=0, atol=1e-6,
+                                   err_msg=name)
 
 
 @pytest.mark.slow
