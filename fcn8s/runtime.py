@@ -41,5 +41,6 @@ def start(cfg: Config) -> DistContext:
     ms.set_seed(cfg.train.seed)
     setup_logging(ctx.rank, ctx.size)
     LOG.info("launcher %s: rank %d of %d, local rank %d, device %s:%d, %s mode",
-             ctx.launcher, ctx.rank, ctx.size, ctx.local_rank, device_target, ctx.device_id, cfg.run.mode)
+             ctx.launcher, ctx.rank, ctx.size, ctx.local_rank, device_target, ctx.device_id,
+             "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative")  # as MindSpore runs it
     return ctx

@@ -143,3 +143,18 @@ def test_periodic_evaluation_records_miou_and_retention_keeps_the_best(mindrecor
     assert set(kept) == {6, best}  # the newest plus the best by mIoU
     for step, meta in kept.items():
         assert meta["metrics"]["mean_iou"] == pytest.approx(logged[step], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pynative_mode_trains_the_same_steps_as_graph_mode(mindrecord_dir, tmp_path):
+    losses, logs = {}, {}
+    for mode in ("graph", "pynative"):
+        out = tmp_path / mode
+        result = run_module("fcn8s.train", "--config", CONFIG,
+                            *_overrides(mindrecord_dir, out, "train.max_steps=3", "train.batch_size=2", f"run.mode={mode}"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[mode] = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+        logs[mode] = result.stderr
+    assert "CPU:0, pynative mode" in logs["pynative"] and "CPU:0, graph mode" in logs["graph"]  # as MindSpore runs it
+    assert len(losses["pynative"]) == 3 and np.isfinite(losses["pynative"]).all()
+    np.testing.assert_allclose(losses["pynative"], losses["graph"], rtol=0, atol=1e-5)
