@@ -180,3 +180,23 @@ def test_two_ranks_preempted_through_run_distribute_resume_identically(mindrecor
                                rtol=0, atol=1e-5)
     resumed_checksums = [_checksums((tmp_path / "logs_2" / f"rank_{k}.log").read_text()) for k in range(2)]
     assert resumed_checksums == full_checksums
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_rank_at_the_next_unseen_sample(mindrecord_dir, tmp_path):
+    """Documented: resuming on another number of ranks continues with the next unseen samples of the epoch."""
+    out = tmp_path / "run"
+    job = _distributed(mindrecord_dir, out, tmp_path / "logs", "train.max_steps=3")
+    output, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, output[-3000:]
+    saved = str(out / "checkpoints" / "fcn8s-final.ckpt")
+    assert {key: read_sidecar(saved)[key] for key in ("step", "epoch", "consumed", "ranks")} == \
+        {"step": 3, "epoch": 0, "consumed": 12, "ranks": 2}  # 3 steps x 2 ranks x batch 2
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, out, "--resume", saved), check=True)
+    assert "global batch changed from 4 to 2: continuing at sample 12 of epoch 0" in result.stderr
+    assert "resumed from" in result.stderr and "at step 3 (epoch 0, 12 samples of it done)" in result.stderr
+    losses = _losses(str(out))
+    assert sorted(losses) == list(range(1, STEPS + 1)) and np.isfinite(list(losses.values())).all()
+    final = read_sidecar(str(out / "checkpoints" / "fcn8s-final.ckpt"))
+    assert {key: final[key] for key in ("step", "epoch", "consumed", "ranks", "global_batch")} == \
+        {"step": STEPS, "epoch": 0, "consumed": 12 + 3 * 2, "ranks": 1, "global_batch": 2}
