@@ -122,7 +122,11 @@ def test_retention_keeps_the_last_k_and_the_best_miou(tmp_path):
     manager = CheckpointManager(str(tmp_path), 2, "d")
     for step, miou in enumerate([0.1, 0.9, 0.2, 0.3, 0.4], start=1):
         manager.save(training_state(net, optimizer, scaler), step, POSITION, metrics={"mean_iou": miou})
-    assert [meta["step"] for meta in manager.complete()] == [2, 4, 5]
+    assert [meta["step"] for meta in manager.complete()] == [2, 4, 5]  # the best is older than the newest 2
+    best = os.path.join(str(tmp_path), "fcn8s-step00000002.ckpt")
+    assert restore_training_state(best, *_state())["metrics"]["mean_iou"] == 0.9  # intact and resumable
+    manager.save(training_state(net, optimizer, scaler), 6, POSITION, metrics={"mean_iou": 0.95})
+    assert [meta["step"] for meta in manager.complete()] == [5, 6]  # a better one replaces it
 
 
 def test_wrong_class_count_or_architecture_is_a_clear_error(tmp_path):
