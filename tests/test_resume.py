@@ -116,8 +116,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(mindrec
 
 @pytest.mark.slow
 def test_sigint_finishes_the_step_saves_and_exits_130(mindrecord_dir, tmp_path):
-    proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = _args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")
+    proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     output = _signal_during_training(proc, tmp_path, signal.SIGINT)
     stopped = re.search(r"stopped by SIGINT after step (\d+); resumable checkpoint (\S+);", output)
     assert stopped and "Traceback" not in output, output[-3000:]
@@ -131,7 +132,8 @@ def test_a_second_signal_stops_at_once(mindrecord_dir, tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path / "run")], cwd=REPO,
-                                stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, FAULT_ENV: "hang:rank=0:step=2"})
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, FAULT_ENV: "hang:rank=0:step=2"})
     try:
         _wait_for_text(log, "FAULT INJECTION: hang now", proc)
         proc.send_signal(signal.SIGINT)

@@ -150,8 +150,8 @@ def test_pynative_mode_trains_the_same_steps_as_graph_mode(mindrecord_dir, tmp_p
     losses, logs = {}, {}
     for mode in ("graph", "pynative"):
         out = tmp_path / mode
-        result = run_module("fcn8s.train", "--config", CONFIG,
-                            *_overrides(mindrecord_dir, out, "train.max_steps=3", "train.batch_size=2", f"run.mode={mode}"))
+        result = run_module("fcn8s.train", "--config", CONFIG, *_overrides(
+            mindrecord_dir, out, "train.max_steps=3", "train.batch_size=2", f"run.mode={mode}"))
         assert result.returncode == 0, result.stderr[-3000:]
         losses[mode] = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
         logs[mode] = result.stderr
