@@ -151,9 +151,13 @@ def training_state(net: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLos
     return params
 
 
-def _read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
+def read_checkpoint(path: str, what: str = "checkpoint") -> Dict[str, ms.Parameter]:
+    """name -> parameter of a MindSpore checkpoint; a missing or unreadable file is a UserError.
+
+    ``what`` names the file in the "not found" message (e.g. "pretrained checkpoint").
+    """
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         return ms.load_checkpoint(path)
     except (RuntimeError, ValueError, OSError) as err:
@@ -174,7 +178,7 @@ def _require(path: str, params: Dict[str, ms.Parameter], expected: Dict[str, ms.
 
 def load_weights(net: nn.Cell, path: str) -> None:
     """Load network weights from ``path``; a missing file, bad file or wrong shapes is a UserError."""
-    params = _read_checkpoint(path)
+    params = read_checkpoint(path)
     expected = net.parameters_dict()
     _require(path, params, expected, "network")
     ms.load_param_into_net(net, {name: params[name] for name in expected}, strict_load=True)
@@ -194,7 +198,7 @@ def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
                         "checkpoint written by fcn8s.train, so it cannot be resumed (use it as weights instead)")
     if sha256_file(path) != meta["sha256"]:
         raise UserError(f"{path}: corrupt checkpoint (its sha256 differs from the one recorded in its sidecar)")
-    params = _read_checkpoint(path)
+    params = read_checkpoint(path)
     state = {p.name: p for p in optimizer.moments}
     state.update({"global_step": optimizer.global_step, LOSS_SCALE: scaler.scale_value,
                   LOSS_SCALE_COUNTER: scaler.counter})

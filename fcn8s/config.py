@@ -301,10 +301,11 @@ def _resolve_paths(cfg: Config) -> Config:
         run=dataclasses.replace(cfg.run, output_dir=resolve_path(cfg.run.output_dir)))
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), resolve: bool = True) -> Config:
     """Load defaults < YAML file < ``a.b=v`` overrides into a validated :class:`Config`.
 
-    Paths in the result (``model.pretrained``, ``data.mindrecord_dir``, ``run.output_dir``) are absolute.
+    Paths in the result (``model.pretrained``, ``data.mindrecord_dir``, ``run.output_dir``) are absolute,
+    or as written with ``resolve=False`` (e.g. relative to a cluster job's working directory).
     """
     tree: Dict[str, Any] = read_yaml(path) if path else {}
     for text in overrides:
@@ -312,7 +313,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         _apply(tree, key_path, value)
     cfg = _build(Config, tree, "")
     _cross_checks(cfg)
-    return _resolve_paths(cfg)
+    return _resolve_paths(cfg) if resolve else cfg
 
 
 def save_config(cfg: Config, path: str) -> None:

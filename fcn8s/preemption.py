@@ -4,11 +4,19 @@ Schedulers preempt jobs with SIGTERM (Kubernetes, Slurm ``scancel``/preemption) 
 Ctrl-C. The first signal only sets a flag; the trainer checks it between steps, agrees with the
 other ranks (so every rank stops after the same step), has rank 0 write a resumable checkpoint and
 exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT). A second signal stops at once.
+
+MindSpore replaces the SIGINT handler while it runs graphs with one that sends the process SIGTERM
+(``SignalGuard`` in its runtime), so Ctrl-C would look like a scheduler's SIGTERM: :func:`route_sigint`
+keeps SIGINT away from signal handlers and hands it to the main thread's Python handler instead.
 """
 from __future__ import annotations
 
+import _thread
+import ctypes
 import logging
+import os
 import signal
+import threading
 from types import FrameType
 from typing import Dict, Optional
 
@@ -18,6 +26,42 @@ from fcn8s.distributed import DistContext, sum_across_ranks
 
 LOG = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+SIGINT_THREAD = "sigint-forwarder"
+
+
+def route_sigint() -> None:
+    """Block SIGINT in this thread (and the threads it starts later); a daemon thread waits for it and
+    delivers it to the main thread's Python handler. Call once, before MindSpore starts its threads.
+
+    A thread started earlier would still take SIGINT (and run MindSpore's handler): numpy's OpenBLAS
+    starts its workers at import, so they are stopped here (OpenBLAS restarts them on demand).
+    """
+    if any(thread.name == SIGINT_THREAD for thread in threading.enumerate()):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    _stop_openblas_threads()
+    threading.Thread(target=_forward_sigint, name=SIGINT_THREAD, daemon=True).start()
+
+
+def _stop_openblas_threads() -> None:
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        libraries = {line.split()[-1] for line in maps if "libopenblas" in line}
+    for path in sorted(libraries):
+        shutdown = getattr(ctypes.CDLL(path), "blas_thread_shutdown_", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _forward_sigint() -> None:
+    """The first SIGINT goes to the main thread's Python handler (run at its next Python instruction); a second
+    one exits at once, also when the main thread is stuck in native code, where Python handlers never run."""
+    signal.sigwait({signal.SIGINT})
+    _thread.interrupt_main(signal.SIGINT)
+    signal.sigwait({signal.SIGINT})
+    LOG.warning("received SIGINT again: stopping at once")
+    os._exit(128 + signal.SIGINT)
 
 
 class TrainingInterrupted(RuntimeError):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -40,6 +39,7 @@ import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
 
+from fcn8s.checkpoint import read_checkpoint
 from fcn8s.errors import UserError, run_cli
 from fcn8s.config import FC_CHANNELS, ModelConfig
 from fcn8s.model import VGG16_BLOCKS, build_model
@@ -109,17 +109,6 @@ def _examples(names: List[str], count: int = 3) -> str:
     return f", e.g. {', '.join(names[:count])}" if names else ""
 
 
-def read_checkpoint(path: str) -> Dict[str, ms.Parameter]:
-    """name -> parameter of a MindSpore checkpoint; a missing or unreadable file is a UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"pretrained checkpoint not found: {path}")
-    try:
-        params = ms.load_checkpoint(path)
-    except (RuntimeError, ValueError, OSError) as err:
-        raise UserError(f"{path}: not a readable MindSpore checkpoint ({str(err).splitlines()[0]})") from None
-    return params
-
-
 def detect_naming(params: Dict[str, ms.Parameter], path: str) -> str:
     """'model-zoo' or 'mindcv' from the first conv's name; anything else is a UserError naming the file."""
     for naming, table in MAPPINGS.items():
@@ -178,7 +167,7 @@ def load_pretrained_backbone(net: nn.Cell, path: str) -> PretrainedReport:
     Nothing is changed unless the whole file maps cleanly: unknown naming, a missing backbone
     parameter or a shape mismatch is a UserError naming the parameter and the file.
     """
-    params = read_checkpoint(path)
+    params = read_checkpoint(path, "pretrained checkpoint")
     naming = detect_naming(params, path)
     targets = net.parameters_dict()
     values: Dict[str, np.ndarray] = {}

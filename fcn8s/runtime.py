@@ -9,6 +9,7 @@ import mindspore as ms
 from fcn8s.config import Config
 from fcn8s.distributed import DistContext, export_hccl_timeouts, init_distributed, planned_context
 from fcn8s.logs import setup_logging
+from fcn8s.preemption import route_sigint
 
 LOG = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def resolve_device_target(setting: str) -> str:
 
 def start(cfg: Config) -> DistContext:
     """Configure MindSpore for ``cfg``, join the job's communication group, seed, tag the logs."""
+    route_sigint()
     setup_logging()
     device_target = resolve_device_target(cfg.run.device_target)
     mode = ms.GRAPH_MODE if cfg.run.mode == "graph" else ms.PYNATIVE_MODE
@@ -39,5 +41,6 @@ def start(cfg: Config) -> DistContext:
     ms.set_seed(cfg.train.seed)
     setup_logging(ctx.rank, ctx.size)
     LOG.info("launcher %s: rank %d of %d, local rank %d, device %s:%d, %s mode",
-             ctx.launcher, ctx.rank, ctx.size, ctx.local_rank, device_target, ctx.device_id, cfg.run.mode)
+             ctx.launcher, ctx.rank, ctx.size, ctx.local_rank, device_target, ctx.device_id,
+             "graph" if ms.get_context("mode") == ms.GRAPH_MODE else "pynative")  # as MindSpore runs it
     return ctx

@@ -231,7 +231,7 @@ class Trainer:
 
         Every rank reports the "save" phase: the others wait for rank 0's write in their next collective.
         """
-        if self.saved_step == self.step and not final:
+        if (self.saved_step == self.step or self.guard.bad_steps) and not final:  # keep the last good one
             return None
         self.saved_step = self.step
         self.heartbeat.beat("save")

@@ -52,6 +52,22 @@ def test_restore_brings_back_weights_momentum_step_and_loss_scaler(tmp_path):
     assert float(scaler2.scale_value.asnumpy()) == 256.0 and int(scaler2.counter.asnumpy()) == 13
 
 
+def test_restore_brings_back_batchnorm_running_statistics(tmp_path):
+    def state():
+        net = nn.SequentialCell(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        return net, nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9), amp.DynamicLossScaler(8, 2, 5)
+
+    net, optimizer, scaler = state()
+    bn = net[1]
+    bn.moving_mean.set_data(ms.Tensor(np.array([1.0, -2.0, 3.0, 0.5], np.float32)))
+    bn.moving_variance.set_data(ms.Tensor(np.array([0.25, 4.0, 9.0, 1.5], np.float32)))
+    path = CheckpointManager(str(tmp_path), 1, "d").save(training_state(net, optimizer, scaler), 1, POSITION)
+    fresh, fresh_optimizer, fresh_scaler = state()
+    restore_training_state(path, fresh, fresh_optimizer, fresh_scaler)
+    np.testing.assert_array_equal(fresh[1].moving_mean.asnumpy(), [1.0, -2.0, 3.0, 0.5])
+    np.testing.assert_array_equal(fresh[1].moving_variance.asnumpy(), [0.25, 4.0, 9.0, 1.5])
+
+
 def test_corrupt_checkpoint_is_skipped_by_auto_and_refused_by_path(tmp_path):
     net, optimizer, scaler = _state()
     manager = CheckpointManager(str(tmp_path), 3, "d")
@@ -106,7 +122,11 @@ def test_retention_keeps_the_last_k_and_the_best_miou(tmp_path):
     manager = CheckpointManager(str(tmp_path), 2, "d")
     for step, miou in enumerate([0.1, 0.9, 0.2, 0.3, 0.4], start=1):
         manager.save(training_state(net, optimizer, scaler), step, POSITION, metrics={"mean_iou": miou})
-    assert [meta["step"] for meta in manager.complete()] == [2, 4, 5]
+    assert [meta["step"] for meta in manager.complete()] == [2, 4, 5]  # the best is older than the newest 2
+    best = os.path.join(str(tmp_path), "fcn8s-step00000002.ckpt")
+    assert restore_training_state(best, *_state())["metrics"]["mean_iou"] == 0.9  # intact and resumable
+    manager.save(training_state(net, optimizer, scaler), 6, POSITION, metrics={"mean_iou": 0.95})
+    assert [meta["step"] for meta in manager.complete()] == [5, 6]  # a better one replaces it
 
 
 def test_wrong_class_count_or_architecture_is_a_clear_error(tmp_path):

@@ -133,6 +133,7 @@ def test_slurm_script_is_requeueable_and_every_attempt_resumes(tmp_path, resume,
     (["--set", "train.learning_rate=1"], "error: unknown key 'train.learning_rate'"),
     (["--set", "train.lr=fast"], "error: train.lr: expected a number, got 'fast'"),
     (["--job-name", "My_Job"], "error: --job-name 'My_Job': use 1-52 lowercase letters"),
+    (["--job-name", "j" * 53], f"error: --job-name '{'j' * 53}': use 1-52 lowercase letters"),
     (["--sbatch-arg=gres=npu:8"], "error: sbatch option 'gres=npu:8': expected one '--key=value' word"),
     (["--set", "dist.hccl_exec_timeout=100"], "error: dist.hccl_exec_timeout: must be a multiple of 68"),
     (["--set", "dist.hccl_connect_timeout=60"], "error: dist.hccl_connect_timeout"),
@@ -249,7 +250,8 @@ def test_schemas_reject_broken_jobs(tmp_path, schema_file, path, bad_value):
     ("volcano", ["--image", IMAGE, "--volume", "Data:/x"], "error: --volume 'Data:/x': expected CLAIM:/mount/path"),
     ("volcano", ["--image", IMAGE, "--node-selector", "gpu"], "error: --node-selector 'gpu': expected KEY=VALUE"),
     ("ascendjob", ["--image", IMAGE, "--max-retry", "-1"], "error: --max-retry must be >= 0, got -1"),
-    ("volcano", ["--image", IMAGE, "--namespace", "Team A"], "error: --namespace 'Team A': use lowercase"),
+    ("volcano", ["--image", IMAGE, "--namespace", "Team A"], "error: --namespace 'Team A': use 1-63 lowercase"),
+    ("volcano", ["--image", IMAGE, "--namespace", "n" * 64], f"error: --namespace '{'n' * 64}': use 1-63 lowercase"),
 ])
 def test_bad_kubernetes_options(tmp_path, scheduler, args, message):
     result = run_module("fcn8s.cluster", "render", "--scheduler", scheduler, "--nodes", "1", "--devices-per-node", "1",
@@ -257,6 +259,21 @@ def test_bad_kubernetes_options(tmp_path, scheduler, args, message):
     assert result.returncode == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_follows_the_config_modules_precedence(tmp_path):
+    """The job's run.output_dir is what fcn8s.train would resolve: last override > YAML > default."""
+    from fcn8s.cluster.spec import JobSpec
+    from fcn8s.config import RunConfig
+    config = tmp_path / "job.yaml"
+    config.write_text("run:\n  output_dir: from/yaml\n")
+    assert JobSpec(1, 1, str(config)).output_dir() == "from/yaml"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("model:\n  num_classes: 21\n")
+    assert JobSpec(1, 1, str(bare)).output_dir() == RunConfig.output_dir
+    overrides = ("run.output_dir=/first", "run={output_dir: /whole/section, mode: graph}")
+    assert JobSpec(1, 1, str(config), overrides).output_dir() == "/whole/section"
+    assert JobSpec(1, 1, str(config), overrides[::-1]).output_dir() == "/first"
 
 
 def test_help_lists_the_schedulers():

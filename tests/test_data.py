@@ -357,14 +357,15 @@ def test_val_images_are_excluded_from_train(voc_tree, tmp_path):
     assert manifest["splits"]["train"]["count"] == 24
 
 
+def _crash(*args, **kwargs):
+    """Stands in for mindrecord.publish: the build is interrupted just before it would complete."""
+    raise KeyboardInterrupt
+
+
 def test_interrupted_build_never_looks_complete(voc_tree, tmp_path, monkeypatch):
     from fcn8s.data import mindrecord
     out = str(tmp_path / "o")
-
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mindrecord, "publish", crash)
+    monkeypatch.setattr(mindrecord, "publish", _crash)
     with pytest.raises(KeyboardInterrupt):
         build(voc_tree, out, workers=1)
     assert not os.path.exists(out)
@@ -374,6 +375,30 @@ def test_interrupted_build_never_looks_complete(voc_tree, tmp_path, monkeypatch)
     monkeypatch.undo()
     build(voc_tree, out, workers=1)  # a rerun cleans up and completes
     assert not os.path.exists(out + ".partial") and os.path.isfile(os.path.join(out, MANIFEST))
+
+
+def test_an_incomplete_build_is_refused_in_one_line(voc_tree, tmp_path, monkeypatch):
+    """What an interrupted build leaves behind is never read as a dataset (library and CLI)."""
+    from fcn8s.data import mindrecord
+    out = str(tmp_path / "o")
+    monkeypatch.setattr(mindrecord, "publish", _crash)
+    with pytest.raises(KeyboardInterrupt):
+        build(voc_tree, out, workers=1)
+    monkeypatch.undo()
+    partial = out + ".partial"
+    assert mindrecord.split_files(partial, "train")  # every shard is there, only the manifest is not
+    with pytest.raises(UserError, match=f"dataset not found: {out} .*{partial} is an incomplete build"):
+        dataset_files(out, "train")
+    with pytest.raises(UserError, match=f"{partial}: incomplete build"):
+        dataset_files(partial, "train")  # pointed at the staging directory itself
+    shutil.copytree(partial, out)  # a manifest-less dataset directory whose rebuild did not finish
+    with pytest.raises(UserError, match=f"{out}: incomplete build"):
+        dataset_files(out, "train")
+    result = run_module("fcn8s.train", "--config", "configs/cpu_smoke.yaml", f"data.mindrecord_dir={partial}",
+                        f"run.output_dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: {partial}: incomplete build (build_dataset did not finish); rerun build_dataset"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,10 @@ import time
 import numpy as np
 import pytest
 
+import mindspore as ms
+
+from fcn8s.checkpoint import read_sidecar
+from fcn8s.faults import FAULT_ENV
 from tests.conftest import PYTHON, REPO, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
@@ -42,16 +46,23 @@ def _wait_for_step(out, step, proc, timeout=600):
     pytest.fail(f"step {step} never logged")
 
 
-def _sigterm_during_training(proc, out):
-    """Send SIGTERM once step 2 is logged; returns the process output."""
+def _signal_during_training(proc, out, signum=signal.SIGTERM):
+    """Send ``signum`` once step 2 is logged; returns the process output."""
     try:
         _wait_for_step(str(out), 2, proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         output, _ = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert proc.returncode == 128 + signum, output[-3000:]
     return output
+
+
+def _wait_for_text(path, text, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, path.read_text()[-3000:]
+        time.sleep(0.2)
 
 
 def _uninterrupted(mindrecord_dir, out, network):
@@ -82,7 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(mindrec
     full, full_log = _uninterrupted(mindrecord_dir, str(tmp_path / "full"), SMALL_NETWORK)
     proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = _sigterm_during_training(proc, tmp_path)
+    output = _signal_during_training(proc, tmp_path)
     stopped = re.search(r"stopped by SIGTERM after step (\d+); resumable checkpoint (\S+);", output)
     assert stopped, output[-3000:]
     step = int(stopped.group(1))
@@ -94,6 +105,48 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_identically(mindrec
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [expected[s] for s in sorted(expected)],
                                rtol=0, atol=1e-5)
     assert _checksums(result.stderr) == _checksums(full_log)
+    # BatchNorm running statistics (outside the checksum, unused by training-mode losses) continue too
+    finals = [ms.load_checkpoint(os.path.join(out, "checkpoints", "fcn8s-final.ckpt")) for out in (full, tmp_path)]
+    stats = [name for name in finals[0] if name.endswith((".moving_mean", ".moving_variance"))]
+    assert len(stats) == 2 * 15  # 15 BatchNorm layers
+    for name in stats:
+        np.testing.assert_allclose(finals[1][name].asnumpy(), finals[0][name].asnumpy(), rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+@pytest.mark.slow
+def test_sigint_finishes_the_step_saves_and_exits_130(mindrecord_dir, tmp_path):
+    args = _args(mindrecord_dir, tmp_path, "train.checkpoint_interval=100")
+    proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = _signal_during_training(proc, tmp_path, signal.SIGINT)
+    stopped = re.search(r"stopped by SIGINT after step (\d+); resumable checkpoint (\S+);", output)
+    assert stopped and "Traceback" not in output, output[-3000:]
+    meta = read_sidecar(stopped.group(2))
+    assert meta is not None and meta["step"] == int(stopped.group(1)) >= 2
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once(mindrecord_dir, tmp_path):
+    """Rank 0 hangs inside step 3 (fault injection): the first SIGINT waits for the step, the second does not."""
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([PYTHON, "-m", "fcn8s.train", *_args(mindrecord_dir, tmp_path / "run")], cwd=REPO,
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, FAULT_ENV: "hang:rank=0:step=2"})
+    try:
+        _wait_for_text(log, "FAULT INJECTION: hang now", proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(3)
+        assert proc.poll() is None  # waits for the step to finish
+        proc.send_signal(signal.SIGINT)
+        returncode = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert returncode == 130, log.read_text()[-3000:]
+    assert "received SIGINT again: stopping at once" in log.read_text()
+    assert "stopped by SIGINT after step" not in log.read_text()
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")  # nothing saved: it stopped at once
 
 
 def _distributed(mindrecord_dir, out, logs, *extra):
@@ -114,7 +167,7 @@ def test_two_ranks_preempted_through_run_distribute_resume_identically(mindrecor
 
     out = tmp_path / "preempted"
     job = _distributed(mindrecord_dir, out, tmp_path / "logs_1", "train.checkpoint_interval=100")
-    _sigterm_during_training(job, out)
+    _signal_during_training(job, out)
     for k in range(2):
         assert "stopped by SIGTERM after step" in (tmp_path / "logs_1" / f"rank_{k}.log").read_text()
     saved = sorted(os.listdir(out / "checkpoints"))
@@ -149,3 +202,23 @@ def test_resume_auto_without_shared_storage_is_one_error_on_every_rank(mindrecor
     assert errors == ["error: ranks would resume from different checkpoints (rank 0: step 2, rank 1: none): "
                       "--resume needs run.output_dir on storage shared by all nodes, or the same checkpoint path "
                       "on every node"] * 2
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_rank_at_the_next_unseen_sample(mindrecord_dir, tmp_path):
+    """Documented: resuming on another number of ranks continues with the next unseen samples of the epoch."""
+    out = tmp_path / "run"
+    job = _distributed(mindrecord_dir, out, tmp_path / "logs", "train.max_steps=3")
+    output, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, output[-3000:]
+    saved = str(out / "checkpoints" / "fcn8s-final.ckpt")
+    assert {key: read_sidecar(saved)[key] for key in ("step", "epoch", "consumed", "ranks")} == \
+        {"step": 3, "epoch": 0, "consumed": 12, "ranks": 2}  # 3 steps x 2 ranks x batch 2
+    result = run_module("fcn8s.train", *_args(mindrecord_dir, out, "--resume", saved), check=True)
+    assert "global batch changed from 4 to 2: continuing at sample 12 of epoch 0" in result.stderr
+    assert "resumed from" in result.stderr and "at step 3 (epoch 0, 12 samples of it done)" in result.stderr
+    losses = _losses(str(out))
+    assert sorted(losses) == list(range(1, STEPS + 1)) and np.isfinite(list(losses.values())).all()
+    final = read_sidecar(str(out / "checkpoints" / "fcn8s-final.ckpt"))
+    assert {key: final[key] for key in ("step", "epoch", "consumed", "ranks", "global_batch")} == \
+        {"step": STEPS, "epoch": 0, "consumed": 12 + 3 * 2, "ranks": 1, "global_batch": 2}

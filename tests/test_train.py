@@ -83,14 +83,25 @@ def test_eval_missing_checkpoint_is_a_clear_error(mindrecord_dir, tmp_path):
     assert "error: checkpoint not found" in result.stderr
 
 
-def test_divergence_stops_with_clear_message(mindrecord_dir, tmp_path):
+def test_divergence_stops_with_clear_message_and_keeps_the_last_good_checkpoint(mindrecord_dir, tmp_path):
+    """lr 10: a few finite steps, then overflowing ones; a checkpoint every step, only the newest kept.
+
+    Checkpoints of steps in the bad streak would push the last good one out (keep_checkpoints=1).
+    """
     out = str(tmp_path / "diverge")
     result = run_module("fcn8s.train", "--config", CONFIG,
                         *_overrides(mindrecord_dir, out, "train.lr=10", "train.min_lr=10", "train.max_steps=12",
-                                    "train.max_bad_steps=2", "loss_scale.init_loss_scale=1"))
+                                    "train.max_bad_steps=2", "loss_scale.init_loss_scale=1",
+                                    "train.checkpoint_interval=1", "train.keep_checkpoints=1"))
     assert result.returncode == 3, result.stderr[-3000:]
     assert "training diverged at step" in result.stderr
-    assert not os.path.exists(os.path.join(out, "checkpoints", "fcn8s-final.ckpt"))
+    steps = re.findall(r"step (\d+)/12 loss (\S+) lr \S+ loss_scale \S+( \(overflow)?", result.stderr)
+    good = [int(step) for step, loss, overflow in steps if np.isfinite(float(loss)) and not overflow]
+    assert good and good == list(range(1, len(good) + 1)) and len(steps) > len(good), steps
+    ckpt_dir = os.path.join(out, "checkpoints")
+    assert sorted(os.listdir(ckpt_dir)) == [f"fcn8s-step{good[-1]:08d}.ckpt", f"fcn8s-step{good[-1]:08d}.json"]
+    params = ms.load_checkpoint(os.path.join(ckpt_dir, f"fcn8s-step{good[-1]:08d}.ckpt"))
+    assert all(np.isfinite(p.asnumpy()).all() for p in params.values())
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
@@ -132,3 +143,18 @@ def test_periodic_evaluation_records_miou_and_retention_keeps_the_best(mindrecor
     assert set(kept) == {6, best}  # the newest plus the best by mIoU
     for step, meta in kept.items():
         assert meta["metrics"]["mean_iou"] == pytest.approx(logged[step], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pynative_mode_trains_the_same_steps_as_graph_mode(mindrecord_dir, tmp_path):
+    losses, logs = {}, {}
+    for mode in ("graph", "pynative"):
+        out = tmp_path / mode
+        result = run_module("fcn8s.train", "--config", CONFIG, *_overrides(
+            mindrecord_dir, out, "train.max_steps=3", "train.batch_size=2", f"run.mode={mode}"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[mode] = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+        logs[mode] = result.stderr
+    assert "CPU:0, pynative mode" in logs["pynative"] and "CPU:0, graph mode" in logs["graph"]  # as MindSpore runs it
+    assert len(losses["pynative"]) == 3 and np.isfinite(losses["pynative"]).all()
+    np.testing.assert_allclose(losses["pynative"], losses["graph"], rtol=0, atol=1e-5)

@@ -8,13 +8,12 @@ unless ``shared_nodes``, a required pod anti-affinity: at most one NPU pod of th
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from fcn8s.cluster.spec import JobSpec
+from fcn8s.cluster.spec import DNS_LABEL, JobSpec
 from fcn8s.errors import UserError
 
 VOLCANO_FILENAME = "volcano-job.yaml"
@@ -32,7 +31,6 @@ APP_LABEL = "app"  # value: the job name (kubectl get pods -l app=JOB)
 REPLICA_LABEL = "fcn8s-replica"  # "worker" on pods that hold NPUs, "scheduler" on the AscendJob scheduler
 WORKER, SCHEDULER = "worker", "scheduler"
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def _claims(options: KubeOptions) -> List[Tuple[str, str]]:
     pairs = []
     for text in options.volumes:
         claim, _, path = text.partition(":")
-        if not _NAME.fullmatch(claim) or not posixpath.isabs(path):
+        if not DNS_LABEL.fullmatch(claim) or not posixpath.isabs(path):
             raise UserError(f"--volume {text!r}: expected CLAIM:/mount/path (a PersistentVolumeClaim name and "
                             "an absolute path)")
         pairs.append((claim, path))
@@ -111,8 +109,9 @@ def _pod_template(spec: JobSpec, options: KubeOptions, replica: str, npus: int, 
 
 def _metadata(name: str, options: KubeOptions, **labels: str) -> Dict[str, Any]:
     for option, value in (("--namespace", options.namespace), ("--queue", options.queue)):
-        if not _NAME.fullmatch(value):
-            raise UserError(f"{option} {value!r}: use lowercase letters, digits and '-'")
+        if not DNS_LABEL.fullmatch(value):
+            raise UserError(f"{option} {value!r}: use 1-63 lowercase letters, digits and '-', starting and "
+                            "ending with a letter or digit")
     return {"name": name, "namespace": options.namespace, "labels": {**labels, RING_LABEL: RING_VALUE}}
 
 

@@ -6,11 +6,15 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fcn8s.config import RunConfig, load_config, parse_override, read_yaml
+from fcn8s.config import load_config, parse_override
 from fcn8s.errors import UserError
 
-# Kubernetes object names (RFC 1123 label); Slurm job names follow the same rule here.
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
+# Kubernetes object names, namespaces and label values: a DNS-1123 label (RFC 1123), 1-63 lowercase
+# letters, digits and '-', starting and ending with a letter or digit.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# The job name also names its pods, "<job>-worker-<index>": 52 characters leave those (and the pods'
+# hostnames) within 63 for up to 1000 pods. Slurm job names follow the same rule here.
+JOB_NAME_MAX = 52
 OUTPUT_DIR_KEY = ["run", "output_dir"]
 
 
@@ -51,12 +55,7 @@ class JobSpec:
 
     def output_dir(self) -> str:
         """``run.output_dir`` as written in the config or overrides (relative to the job's working dir)."""
-        value = read_yaml(self.config).get("run", {}).get("output_dir", RunConfig.output_dir)
-        for text in self.overrides:
-            path, parsed = parse_override(text)
-            if path == OUTPUT_DIR_KEY:
-                value = parsed
-        return str(value)
+        return load_config(self.config, self.overrides, resolve=False).run.output_dir
 
 
 def check_spec(spec: JobSpec) -> JobSpec:
@@ -64,8 +63,8 @@ def check_spec(spec: JobSpec) -> JobSpec:
     for name, value in (("--nodes", spec.nodes), ("--devices-per-node", spec.devices_per_node)):
         if value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
-    if not _NAME.fullmatch(spec.job_name):
-        raise UserError(f"--job-name {spec.job_name!r}: use 1-52 lowercase letters, digits and '-', "
+    if not DNS_LABEL.fullmatch(spec.job_name) or len(spec.job_name) > JOB_NAME_MAX:
+        raise UserError(f"--job-name {spec.job_name!r}: use 1-{JOB_NAME_MAX} lowercase letters, digits and '-', "
                         "starting and ending with a letter or digit")
     load_config(spec.config, spec.overrides)
     return spec

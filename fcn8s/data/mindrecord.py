@@ -27,6 +27,7 @@ from fcn8s.errors import UserError
 SCHEMA = {"file_name": {"type": "string"}, "data": {"type": "bytes"}, "label": {"type": "bytes"}}
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+PARTIAL = ".partial"  # suffix of the directory a build writes into until it is complete
 WRITE_BATCH = 64
 HEADER_SIZE = 1 << 20  # bytes; the MindSpore defaults (16/32 MiB) bloat small datasets
 PAGE_SIZE = 1 << 22
@@ -78,9 +79,13 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def _partial(out_dir: str) -> str:
+    return f"{out_dir.rstrip(os.sep)}{PARTIAL}"
+
+
 def staging_dir(out_dir: str) -> str:
     """A fresh temporary directory beside ``out_dir`` (removed first if a crash left one)."""
-    tmp = f"{out_dir.rstrip(os.sep)}.partial"
+    tmp = _partial(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     return tmp
@@ -103,10 +108,14 @@ def dataset_files(dataset_dir: str, split: str) -> List[str]:
     if os.path.isfile(dataset_dir) and not dataset_dir.endswith(".db"):
         check_files([dataset_dir], None, split)
         return [dataset_dir]
+    incomplete = os.path.exists(_partial(dataset_dir))
     if not os.path.isdir(dataset_dir):
-        raise UserError(f"dataset not found: {dataset_dir} (build it with python -m fcn8s.build_dataset)")
-    if os.path.exists(f"{dataset_dir.rstrip(os.sep)}.partial") and not os.path.isfile(os.path.join(dataset_dir, MANIFEST)):
-        raise UserError(f"{dataset_dir}: incomplete build (a .partial directory exists); rerun build_dataset")
+        hint = f"; {_partial(dataset_dir)} is an incomplete build: rerun it" if incomplete else ""
+        raise UserError(f"dataset not found: {dataset_dir} (build it with python -m fcn8s.build_dataset{hint})")
+    unfinished = dataset_dir.rstrip(os.sep).endswith(PARTIAL) or (
+        incomplete and not os.path.isfile(os.path.join(dataset_dir, MANIFEST)))  # a rebuild over a manifest-less dir
+    if unfinished:
+        raise UserError(f"{dataset_dir}: incomplete build (build_dataset did not finish); rerun build_dataset")
     files = split_files(dataset_dir, split)
     if not files:
         raise UserError(f"{dataset_dir}: no '{split}' MindRecord files ({split}.mindrecord*)")
