@@ -231,11 +231,13 @@ def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
-    """Gradient mean over 2 ranks x 2 samples == 1 process x 4 samples (BatchNorm-free net).
+def test_two_ranks_average_their_gradients_through_the_trainers_reducer(tmp_path):
+    """The trainer's gradient reduction over 2 ranks x 2 samples == one process applying the mean of the two
+    halves' gradients, with ignored pixels (a different number on each rank; BatchNorm-free net).
 
     FCN-8s itself keeps per-rank BatchNorm statistics (no SyncBN), so only its trainable weights
-    are compared across ranks (checksums above); this checks the reduction itself.
+    are compared across ranks (checksums above); this checks the reduction itself (a sum instead of the
+    mean, ``mean=False``, doubles the step).
     """
     import numpy as np
 
