@@ -193,7 +193,7 @@ class StepResult:
     loss: float  # this rank's loss
     finite: bool  # the update was applied (the same on every rank)
     loss_scale: float  # after this step's adjustment
-    lr: float  # the learning rate the optimizer applied
+    lr: float  # the learning rate of this step (what the optimizer applied, unless the step was skipped)
 
 
 class StepClock:
