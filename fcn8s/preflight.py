@@ -39,7 +39,7 @@ import shutil
 import socket
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from fcn8s.config import FC_CHANNELS, Config, config_from_args
 from fcn8s.data.mindrecord import dataset_files, read_manifest
@@ -138,7 +138,7 @@ def check_output_dir(path: str, needed: int, what: str) -> Check:
     return Check("output_dir", OK, f"{path} writable, {_size(free)} free ({what}: {_size(needed)})")
 
 
-def storage_needed(cfg: Config, ranks: int) -> tuple:
+def storage_needed(cfg: Config, ranks: int) -> Tuple[int, str]:
     """(bytes, description) for keep_checkpoints + 2 checkpoints and ``ranks`` logs."""
     count = cfg.train.keep_checkpoints + 2
     one = checkpoint_bytes(cfg.model.num_classes, cfg.model.fc_channels)
@@ -196,7 +196,8 @@ def check_rank_table(job: Job, npus: Sequence[int], env: Mapping[str, str]) -> C
                      if job.nnodes == 1 else "no RANK_TABLE_FILE: MindSpore's dynamic cluster")
     from fcn8s.launch import NodeOptions, plan_from_rank_table
 
-    options = NodeOptions(nproc=job.nproc, nnodes=job.nnodes if job.nnodes > 1 else None, node_rank=job.node_rank or None)
+    options = NodeOptions(nproc=job.nproc, nnodes=job.nnodes if job.nnodes > 1 else None,
+                          node_rank=job.node_rank or None)
     try:
         plan = plan_from_rank_table(options, path, npus, env)
     except UserError as err:
@@ -208,7 +209,8 @@ def check_rank_table(job: Job, npus: Sequence[int], env: Mapping[str, str]) -> C
 def check_hccl(cfg: Config, npus: Sequence[int], env: Mapping[str, str]) -> Check:
     if not npus:
         return Check("hccl", SKIPPED, "not an Ascend host")
-    configured = {"HCCL_CONNECT_TIMEOUT": cfg.dist.hccl_connect_timeout, "HCCL_EXEC_TIMEOUT": cfg.dist.hccl_exec_timeout}
+    configured = {"HCCL_CONNECT_TIMEOUT": cfg.dist.hccl_connect_timeout,
+                  "HCCL_EXEC_TIMEOUT": cfg.dist.hccl_exec_timeout}
     parts, problems = [], []
     for name, (lo, hi, multiple) in HCCL_RANGES.items():
         text = env.get(name, "").strip()
@@ -313,7 +315,7 @@ def check_resume(cfg: Config, resume: Optional[str]) -> Check:
 def run_checks(train_args: Sequence[str], job: Job, env: Mapping[str, str] = os.environ, connect: bool = True,
                memory: Optional[int] = -1) -> List[Check]:
     """Every check for ``python -m fcn8s.train TRAIN_ARGS`` run as ``job``; ``memory`` -1: read /proc/meminfo."""
-    from fcn8s.train_args import build_parser
+    from fcn8s.train_args import build_parser  # here: it imports fcn8s.launch, which imports this module
 
     try:
         args = build_parser().parse_args(list(train_args))

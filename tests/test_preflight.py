@@ -231,3 +231,14 @@ def test_run_distribute_refuses_a_failed_preflight_and_no_preflight_skips_it(tmp
     assert skipped.returncode == 2  # the ranks started and refused the missing dataset themselves
     assert "preflight" not in skipped.stderr
     assert "dataset not found" in (logs / "rank_0.log").read_text()
+
+
+def test_pod_entrypoint_refuses_a_failed_preflight(tmp_path):
+    logs = tmp_path / "logs"
+    result = subprocess.run(["bash", "launch/pod_entrypoint.sh", "--log-dir", str(logs), "--", "--config", CONFIG,
+                             f"data.mindrecord_dir={tmp_path / 'missing'}", f"run.output_dir={tmp_path / 'out'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**_clean_env(PYTHON=PYTHON), "MS_ROLE": ""})
+    assert result.returncode == 2, result.stderr
+    assert "dataset     problem  dataset not found" in result.stderr and "preflight FAILED" in result.stderr
+    assert not logs.exists()
