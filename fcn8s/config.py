@@ -116,6 +116,8 @@ class RunConfig:
     output_dir: str = "runs/fcn8s"
     device_target: str = field(default="auto", metadata=_choices("auto", "CPU", "Ascend", "GPU"))
     mode: str = field(default="graph", metadata=_choices("graph", "pynative"))
+    # Rank 0 writes TensorBoard scalars (train and val) to <output_dir>/tensorboard/ (fcn8s/tensorboard_log.py).
+    tensorboard: bool = True
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from fcn8s.errors import UserError, run_cli
 from fcn8s.failure import signal_name, write_failure_report
 from fcn8s.hostnet import LOOPBACK, interface_addresses, local_addresses, resolve_host
 from fcn8s.logs import setup_logging
+from fcn8s.preflight import PROBLEM, Job, report, run_checks, verdict
 from fcn8s.placement import NodePlan, dynamic_cluster_plan, find_server, rank_table_plan, visible_npus
 from fcn8s.rendezvous import Coordinator, Member, NodeInfo, Verdict, wait_unless_cancelled
 from fcn8s.restarts import MAX_BACKOFF_SECONDS, RESTART_ENV, RestartPolicy, restart_arguments
@@ -512,7 +513,20 @@ def watchdog_for(limits: Optional[HangLimits], log_dir: str, ranks: Sequence[int
 def add_rank_command_arguments(parser: argparse.ArgumentParser) -> None:
     """``--module`` and the arguments (after ``--``) every rank runs; shared with the pod entrypoint."""
     parser.add_argument("--module", default="fcn8s.train", help="module each rank runs (default fcn8s.train)")
+    parser.add_argument("--no-preflight", action="store_true", default=os.environ.get("NO_PREFLIGHT") == "1",
+                        help="start the ranks without first running python -m fcn8s.preflight's checks on the "
+                             "fcn8s.train arguments (NO_PREFLIGHT=1)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the module (after --)")
+
+
+def preflight(args: argparse.Namespace, module_args: Sequence[str], job: Job) -> None:
+    """Run fcn8s.preflight's checks for fcn8s.train ranks (unless --no-preflight); a problem stops the job here."""
+    if args.no_preflight or args.module != "fcn8s.train":
+        return
+    checks = run_checks(module_args, job, connect=False)  # other nodes: node 0 may not listen yet
+    if any(check.status == PROBLEM for check in checks):
+        raise UserError(f"{report(checks)}\n(fix the problems, or start anyway with --no-preflight / NO_PREFLIGHT=1)")
+    LOG.info("%s", verdict(checks))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -532,6 +546,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
     policy = restart_policy(args)
+    preflight(args, module_args, Job(nproc=len(plan.ranks), nnodes=plan.nnodes, node_rank=plan.node_rank,
+                                     master_addr=options.master_addr,
+                                     master_port=options.master_port or DEFAULT_MASTER_PORT, world=plan.world_size,
+                                     placed=f"{plan.source}, server {plan.server}"))
     limits = hang_limits(args, module_args)
     peers = join_peers(plan, options)
 

@@ -6,7 +6,7 @@ both ways. Unlike the tutorial, transposed convolutions start as bilinear upsamp
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 
@@ -15,9 +15,7 @@ import mindspore.nn as nn
 
 from fcn8s.config import FC_CHANNELS, ModelConfig
 from fcn8s.fast_conv import SameConv2d
-
-# (output channels, number of 3x3 convs) per VGG16 block.
-VGG16_BLOCKS: Sequence[tuple] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+from fcn8s.model_size import VGG16_BLOCKS  # (output channels, number of 3x3 convs) per VGG16 block
 OUTPUT_STRIDE = 32
 
 

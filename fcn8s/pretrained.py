@@ -161,21 +161,30 @@ def _used_names(layer: Layer) -> List[str]:
     return names + ([f"{layer.source_bn}.{f}" for f in BN_FIELDS] if layer.source_bn else [])
 
 
-def load_pretrained_backbone(net: nn.Cell, path: str) -> PretrainedReport:
-    """Copy ImageNet VGG16-BN weights from ``path`` into ``net`` (an FCN8s); logs and returns the counts.
+def map_backbone(path: str) -> Tuple[str, Dict[str, np.ndarray], List[str]]:
+    """(naming, FCN-8s name -> value, unused file names) of the VGG16-BN checkpoint at ``path``.
 
-    Nothing is changed unless the whole file maps cleanly: unknown naming, a missing backbone
-    parameter or a shape mismatch is a UserError naming the parameter and the file.
+    Unknown naming, a missing required layer or a wrong shape is a UserError naming the file.
     """
     params = read_checkpoint(path, "pretrained checkpoint")
     naming = detect_naming(params, path)
-    targets = net.parameters_dict()
     values: Dict[str, np.ndarray] = {}
     used: set = set()
     for layer in MAPPINGS[naming]:
         if _check_present(params, layer, path):
             values.update(layer_values(params, layer, path))
             used.update(_used_names(layer))
+    return naming, values, sorted(set(params) - used)
+
+
+def load_pretrained_backbone(net: nn.Cell, path: str) -> PretrainedReport:
+    """Copy ImageNet VGG16-BN weights from ``path`` into ``net`` (an FCN8s); logs and returns the counts.
+
+    Nothing is changed unless the whole file maps cleanly: unknown naming, a missing backbone
+    parameter or a shape mismatch is a UserError naming the parameter and the file.
+    """
+    naming, values, unexpected = map_backbone(path)
+    targets = net.parameters_dict()
     for name, value in values.items():
         if name not in targets:
             raise UserError(f"the network has no parameter {name} (not an FCN-8s?)")
@@ -186,7 +195,7 @@ def load_pretrained_backbone(net: nn.Cell, path: str) -> PretrainedReport:
         targets[name].set_data(ms.Tensor(value, targets[name].dtype))
     report = PretrainedReport(path, naming, loaded=sorted(values),
                               missing=[name for name in targets if name not in values],
-                              unexpected=sorted(set(params) - used))
+                              unexpected=unexpected)
     LOG.info("%s", report.summary())
     return report
 

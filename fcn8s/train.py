@@ -125,6 +125,9 @@ def train(args: argparse.Namespace, cfg: Config, ctx: DistContext, watchdog: Opt
     except TrainingInterrupted as err:
         LOG.warning("%s", err)
         return err.exit_code
+    finally:
+        if trainer.tensorboard:
+            trainer.tensorboard.close()
     LOG.info("done: %d steps, last loss %.4f, checkpoint %s", summary["steps"], summary["loss"],
              summary["checkpoint"] or "(written by rank 0)")
     if ctx.is_main and os.path.isfile(trainer.metrics_path):

@@ -31,7 +31,7 @@ from fcn8s.data.pipeline import create_train_dataset
 from fcn8s.data.sampling import steps_in_epoch
 from fcn8s.distributed import DistContext, float_sum_across_ranks, gather_floats, sum_across_ranks
 from fcn8s.errors import UserError
-from fcn8s.evaluation import evaluate
+from fcn8s.evaluation import class_names, evaluate
 from fcn8s.faults import FaultInjector
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
@@ -39,6 +39,7 @@ from fcn8s.metrics import summarize
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
 from fcn8s.stragglers import StragglerMonitor
+from fcn8s.tensorboard_log import ScalarWriter
 
 LOG = logging.getLogger(__name__)
 
@@ -258,6 +259,8 @@ class Trainer:
         self.saved_step: Optional[int] = None
         self.averaged_step: Optional[int] = None  # BatchNorm statistics last averaged over ranks after this step
         self.metrics_path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
+        self.tensorboard = (ScalarWriter(cfg.run.output_dir, class_names(cfg.model.num_classes))
+                            if cfg.run.tensorboard and ctx.is_main else None)
         self.heartbeat = Heartbeat()
         self.faults = FaultInjector(int(ctx.rank or 0))
         # Several ranks: once per log interval one step runs as two halves, and this rank's own work on it
@@ -288,6 +291,8 @@ class Trainer:
                             "storage shared by all nodes, or the same checkpoint path on every node")
         if self.ctx.is_main:
             self._truncate_metrics(self.step)
+            if self.tensorboard:
+                self.tensorboard.resume(self.step)
         LOG.info("resumed from %s at step %d (epoch %d, %d samples of it done), loss scale %g", path, self.step,
                  self.epoch, self.consumed, float(self.scaler.scale_value.asnumpy()))
 
@@ -303,6 +308,8 @@ class Trainer:
     def _log_metrics(self, record: Dict[str, object]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard:
+            self.tensorboard.write_train(record)
 
     def _average_batchnorm(self) -> None:
         """Average BatchNorm statistics over ranks, once per step (a collective: every rank calls it)."""
@@ -345,6 +352,8 @@ class Trainer:
         try:
             hist = evaluate(cfg, self.ctx, predictor, progress=lambda _scored: self.heartbeat.beat("eval"))
             summary = summarize(sum_across_ranks(hist, self.ctx))
+            if self.tensorboard:
+                self.tensorboard.write_eval(self.step, summary)
         finally:
             self.net.set_train(True)
             self.heartbeat.beat("step")

@@ -8,13 +8,14 @@
 # Env: RANK_TABLE_FILE (merged table: this server's entry decides ranks and NPUs; SERVER_ID picks the
 #      entry), LOG_DIR (default ./logs), PYTHON (default .venv/bin/python if present, else python3),
 #      DRY_RUN=1 (print this server's ranks, devices and environment as JSON; start nothing),
+#      NO_PREFLIGHT=1 (skip python -m fcn8s.preflight's checks, run before any rank starts),
 #      HANG_TIMEOUT (seconds without a finished step before the job is stopped, exit 124; default 1200),
 #      MAX_RESTARTS (restart every rank with --resume auto after a rank died or hung, at most N times;
 #      default 0), RESTART_BACKOFF (seconds before the first restart, doubled each time; default 10).
 #      Details: python -m fcn8s.launch --help, docs/distributed.md, docs/operations.md.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
   usage

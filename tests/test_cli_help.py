@@ -11,6 +11,7 @@ COMMANDS = {  # module -> an option its help must explain
     "fcn8s.export": "--format",
     "fcn8s.pretrained": "--table",
     "fcn8s.launch": "--max-restarts",
+    "fcn8s.preflight": "--json",
     "fcn8s.cluster.entrypoint": "--rank-table-timeout",
     "fcn8s.cluster.__main__": "render",
     "fcn8s.data.synthetic": "--classes",

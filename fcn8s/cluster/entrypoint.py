@@ -42,10 +42,11 @@ from fcn8s.distributed import SCHEDULER_CODE, rank_table_path, start_scheduler
 from fcn8s.errors import UserError, run_cli
 from fcn8s.hostnet import local_addresses
 from fcn8s.launch import (NodeOptions, RankProcesses, add_rank_command_arguments, add_supervision_arguments,
-                          hang_limits, plan_node, positive_seconds, rank_base_env, rank_command, restart_policy,
-                          run_job, start_workers, watchdog_for)
+                          hang_limits, plan_node, positive_seconds, preflight, rank_base_env, rank_command,
+                          restart_policy, run_job, start_workers, watchdog_for)
 from fcn8s.logs import setup_logging
 from fcn8s.placement import find_server, rank_table_plan, visible_npus
+from fcn8s.preflight import Job
 from fcn8s.train_args import train_config
 
 LOG = logging.getLogger("fcn8s.cluster.entrypoint")
@@ -186,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"--max-restarts/MAX_RESTARTS restarts the ranks of one pod, but this pod holds {len(envs)} "
                         f"of {world} ranks: a multi-pod job is restarted by its scheduler (the rendered Volcano "
                         "Job's RestartJob policy / AscendJob backoffLimit, with --resume auto)")
+    preflight(args, module_args, Job(nproc=len(envs), world=world, placed=f"pod ranks {sorted(envs)} of {world}"))
 
     def start(attempt: int) -> RankProcesses:
         procs = RankProcesses()

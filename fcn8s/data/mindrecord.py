@@ -20,8 +20,6 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from mindspore.mindrecord import FileWriter
-
 from fcn8s.errors import UserError
 
 SCHEMA = {"file_name": {"type": "string"}, "data": {"type": "bytes"}, "label": {"type": "bytes"}}
@@ -53,6 +51,8 @@ def shard_path(dataset_dir: str, split: str, index: int, count: int) -> str:
 
 def write_file(records: Sequence[Dict[str, object]], path: str, split: str) -> str:
     """Write ``records`` as one MindRecord file (plus its ``.db`` index); returns its sha256."""
+    from mindspore.mindrecord import FileWriter  # here: readers of this module (preflight) need no MindSpore
+
     writer = FileWriter(file_name=path, shard_num=1, overwrite=True)
     writer.set_header_size(HEADER_SIZE)
     writer.set_page_size(PAGE_SIZE)
