@@ -78,12 +78,13 @@ def test_o2_mixed_precision_builds_and_trains_on_cpu():
     from mindspore import amp
     import mindspore.nn as nn
     from fcn8s.losses import SegmentationCrossEntropy
+    from fcn8s.config import ModelConfig
     from fcn8s.model import build_model
-    from fcn8s.trainer import _no_reduction, make_train_step
+    from fcn8s.trainer import make_train_step
     ms.set_seed(1)
-    fp32 = build_model(21, "matmul", "O0", fc_channels=16)
+    fp32 = build_model(ModelConfig(amp_level="O0", fc_channels=16), "matmul")
     ms.set_seed(1)
-    mixed = build_model(21, "matmul", "O2", fc_channels=16)
+    mixed = build_model(ModelConfig(amp_level="O2", fc_channels=16), "matmul")
     assert _shapes(mixed) == _shapes(fp32)  # O2 checkpoints load into O0 networks and back
     assert {p.dtype for p in mixed.get_parameters()} == {ms.float32}
     rng = np.random.default_rng(0)
@@ -98,10 +99,10 @@ def test_o2_mixed_precision_builds_and_trains_on_cpu():
     mixed.set_train(True)
     optimizer = nn.Momentum(mixed.trainable_params(), learning_rate=0.01, momentum=0.9)
     step = make_train_step(mixed, SegmentationCrossEntropy(21, 255), optimizer,
-                           amp.DynamicLossScaler(1024.0, 2, 50), _no_reduction)
+                           amp.DynamicLossScaler(1024.0, 2, 50))
     weight = mixed.parameters_dict()["score_fr.weight"]
     before = weight.asnumpy().copy()
     for _ in range(2):
-        loss, finite, _ = step(images, labels)
+        loss, finite, *_ = step(images, labels)
         assert np.isfinite(float(loss.asnumpy())) and bool(finite.asnumpy())
     assert weight.dtype == ms.float32 and not np.array_equal(weight.asnumpy(), before)

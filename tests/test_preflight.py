@@ -77,10 +77,11 @@ def test_parameter_count_and_checkpoint_size_match_a_real_checkpoint(tmp_path):
     from mindspore import amp
 
     from fcn8s.checkpoint import CheckpointManager, training_state
+    from fcn8s.config import ModelConfig
     from fcn8s.model import build_model
     from fcn8s.model_size import checkpoint_bytes, parameter_counts
 
-    net = build_model(21, "matmul", fc_channels=SMALL_FC_CHANNELS)
+    net = build_model(ModelConfig(fc_channels=SMALL_FC_CHANNELS), "matmul")
     assert parameter_counts(21, SMALL_FC_CHANNELS) == (sum(p.size for p in net.get_parameters()),
                                                        sum(p.size for p in net.trainable_params()))
     assert parameter_counts(21)[0] == 134_526_944  # the tutorial's network (built once by hand: 134.5 M)
