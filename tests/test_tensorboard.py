@@ -45,14 +45,18 @@ def _assert_val_scalars_match(out, events):
     assert "val/class_iou/background" in class_tags and len(class_tags) >= 2
 
 
+def _assert_every_step_once_equal_to_the_records(out):
+    events = _assert_train_scalars_match(out)
+    assert [step for step, _ in events["train/loss"]] == list(range(1, STEPS + 1))
+    _assert_val_scalars_match(out, events)
+
+
 @pytest.mark.slow
 def test_events_equal_metrics_jsonl_and_val_metrics(mindrecord_dir, tmp_path):
     out = tmp_path / "run"
     result = _train(mindrecord_dir, out)
     assert result.returncode == 0, result.stderr[-3000:]
-    events = _assert_train_scalars_match(out)
-    assert [step for step, _ in events["train/loss"]] == list(range(1, STEPS + 1))
-    _assert_val_scalars_match(out, events)
+    _assert_every_step_once_equal_to_the_records(out)
 
 
 @pytest.mark.slow
@@ -65,9 +69,7 @@ def test_resume_appends_without_duplicate_steps(mindrecord_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 4" in resumed.stderr
     assert len(os.listdir(out / "tensorboard")) == 2  # the resumed run appends a new event file
-    events = _assert_train_scalars_match(out)
-    assert [step for step, _ in events["train/loss"]] == list(range(1, STEPS + 1))
-    _assert_val_scalars_match(out, events)
+    _assert_every_step_once_equal_to_the_records(out)
 
 
 @pytest.mark.slow
