@@ -65,15 +65,14 @@ def step_rate(steps: int = 4) -> float:
 
     from fcn8s.losses import SegmentationCrossEntropy
     from fcn8s.model import FCN8s
-    from fcn8s.trainer import _no_reduction, make_train_step
+    from fcn8s.trainer import make_train_step
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     net = FCN8s(21, "auto")
     net.set_train(True)
     optimizer = nn.Momentum(net.trainable_params(), 0.01, 0.9, weight_decay=1e-4)
-    step = make_train_step(net, SegmentationCrossEntropy(21), optimizer, amp.DynamicLossScaler(1024, 2, 50),
-                           _no_reduction)
+    step = make_train_step(net, SegmentationCrossEntropy(21), optimizer, amp.DynamicLossScaler(1024, 2, 50))
     images = ms.Tensor(np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32))
     labels = ms.Tensor(np.random.default_rng(0).integers(0, 21, (4, 64, 64)).astype(np.int32))
     step(images, labels)[0].asnumpy()

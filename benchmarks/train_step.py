@@ -56,7 +56,7 @@ def child_step(args: argparse.Namespace) -> Dict[str, object]:
 
     from fcn8s.losses import SegmentationCrossEntropy
     from fcn8s.model import FCN8s
-    from fcn8s.trainer import _no_reduction, make_train_step
+    from fcn8s.trainer import make_train_step
 
     _set_context(args)
     ms.set_seed(0)
@@ -65,7 +65,7 @@ def child_step(args: argparse.Namespace) -> Dict[str, object]:
     optimizer = nn.Momentum(net.trainable_params(), learning_rate=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = amp.DynamicLossScaler(scale_value=1024.0, scale_factor=2, scale_window=1000)
     loss_fn = SegmentationCrossEntropy(NUM_CLASSES, ignore_label=255)
-    step = make_train_step(net, loss_fn, optimizer, scaler, _no_reduction, jit=args.mode == "graph")
+    step = make_train_step(net, loss_fn, optimizer, scaler, jit=args.mode == "graph")
 
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32))

@@ -80,7 +80,7 @@ def test_o2_mixed_precision_builds_and_trains_on_cpu():
     from fcn8s.losses import SegmentationCrossEntropy
     from fcn8s.config import ModelConfig
     from fcn8s.model import build_model
-    from fcn8s.trainer import _no_reduction, make_train_step
+    from fcn8s.trainer import make_train_step
     ms.set_seed(1)
     fp32 = build_model(ModelConfig(amp_level="O0", fc_channels=16), "matmul")
     ms.set_seed(1)
@@ -99,7 +99,7 @@ def test_o2_mixed_precision_builds_and_trains_on_cpu():
     mixed.set_train(True)
     optimizer = nn.Momentum(mixed.trainable_params(), learning_rate=0.01, momentum=0.9)
     step = make_train_step(mixed, SegmentationCrossEntropy(21, 255), optimizer,
-                           amp.DynamicLossScaler(1024.0, 2, 50), _no_reduction)
+                           amp.DynamicLossScaler(1024.0, 2, 50))
     weight = mixed.parameters_dict()["score_fr.weight"]
     before = weight.asnumpy().copy()
     for _ in range(2):
