@@ -1,7 +1,7 @@
 """Checkpoint files: names, atomic rank-0 writes, sidecar metadata, retention and loading.
 
 A checkpoint is ``<dir>/fcn8s-step<NNNNNNNN>.ckpt`` (or ``fcn8s-final.ckpt``) holding the network,
-the optimiser's momentum and step, and the loss scaler; beside it ``<same>.json`` records step,
+the optimiser's momentum and the loss scaler; beside it ``<same>.json`` records step,
 epoch, samples consumed in that epoch, config hash, metrics and the file's sha256. The sidecar is
 written last, so a checkpoint without one is incomplete and ignored; a checkpoint whose bytes no
 longer match the recorded sha256 is corrupt and refused. Only rank 0 calls
@@ -142,10 +142,12 @@ def read_sidecar(ckpt_path: str) -> Optional[Dict[str, object]]:
 
 
 def training_state(net: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler) -> List[Dict[str, object]]:
-    """Everything needed to continue training: network, momentum, optimiser step, loss scaler."""
+    """Everything needed to continue training: network, momentum, loss scaler.
+
+    The optimiser's schedule position is not saved: it is the training step (the sidecar's ``step``).
+    """
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in optimizer.moments]
-    params.append({"name": "global_step", "data": optimizer.global_step})
     params.append({"name": LOSS_SCALE, "data": scaler.scale_value})
     params.append({"name": LOSS_SCALE_COUNTER, "data": scaler.counter})
     return params
@@ -186,7 +188,9 @@ def load_weights(net: nn.Cell, path: str) -> None:
 
 def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
                            scaler: amp.DynamicLossScaler) -> Dict[str, object]:
-    """Load weights, momentum, optimiser step and loss scaler from a checkpoint written by training.
+    """Load weights, momentum and loss scaler from a checkpoint written by training; the optimiser's
+    schedule position becomes the checkpoint's training step (older files also hold a ``global_step``,
+    which lagged behind after skipped updates; it is ignored).
 
     Verifies the file against its sidecar's sha256 first; returns the sidecar (step, epoch, ...).
     """
@@ -200,11 +204,11 @@ def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
         raise UserError(f"{path}: corrupt checkpoint (its sha256 differs from the one recorded in its sidecar)")
     params = read_checkpoint(path)
     state = {p.name: p for p in optimizer.moments}
-    state.update({"global_step": optimizer.global_step, LOSS_SCALE: scaler.scale_value,
-                  LOSS_SCALE_COUNTER: scaler.counter})
+    state.update({LOSS_SCALE: scaler.scale_value, LOSS_SCALE_COUNTER: scaler.counter})
     _require(path, params, net.parameters_dict(), "network")
     _require(path, params, state, "optimizer/loss-scale")
     ms.load_param_into_net(net, {name: params[name] for name in net.parameters_dict()}, strict_load=True)
     for name, param in state.items():
         param.set_data(ms.Tensor(params[name].asnumpy(), param.dtype))
+    optimizer.global_step.set_data(ms.Tensor([int(meta["step"])], optimizer.global_step.dtype))
     return meta

@@ -282,3 +282,21 @@ def sum_across_ranks(values: np.ndarray, ctx: DistContext) -> np.ndarray:
     halves = np.stack([counts & 0xFFFF, counts >> 16]).astype(np.float32)
     low, high = ops.AllReduce()(ms.Tensor(halves)).asnumpy().astype(np.int64)
     return ((high << 16) + low).astype(values.dtype)
+
+
+def float_sum_across_ranks(values: np.ndarray, ctx: DistContext) -> np.ndarray:
+    """Element-wise float32 sum over all ranks (one AllReduce; every rank receives the same result)."""
+    values = np.asarray(values, np.float32)
+    if not ctx.distributed:
+        return values
+    import mindspore as ms
+    from mindspore import ops
+
+    return ops.AllReduce()(ms.Tensor(values)).asnumpy()
+
+
+def gather_floats(value: float, ctx: DistContext) -> np.ndarray:
+    """Every rank's float32 ``value`` (index = rank), exactly: rank r fills slot r of a zero vector, one sum."""
+    slots = np.zeros(ctx.size, np.float32)
+    slots[int(ctx.rank or 0)] = value
+    return float_sum_across_ranks(slots, ctx)

@@ -5,6 +5,9 @@ After finishing step S, rank R (global rank) then
          threads keep running, so its cluster heartbeat does not notice),
   exit   exits at once with code C (default 1), without cleanup,
   raise  raises RuntimeError (an ordinary crash: traceback, exit code 1).
+``overflow`` acts during step S instead: rank R reports a non-finite loss for that step (as a float16
+overflow on one NPU is seen only by that NPU), so every rank must skip the update and shrink the loss
+scale together. Every rank runs that step as its two halves, the faulty rank replacing its loss in between.
 The fault fires in the job's first run only, or in restart A with ``attempt=A`` (the launcher
 gives ranks ``FCN8S_RESTART``), so an automatic restart (fcn8s/restarts.py) can recover from it.
 Every rank logs a warning at start when the variable is set, so a drill is never mistaken for a
@@ -16,14 +19,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from fcn8s.errors import UserError
 from fcn8s.restarts import RESTART_ENV
 
 LOG = logging.getLogger(__name__)
 FAULT_ENV = "FCN8S_FAULT"
-KINDS = ("hang", "exit", "raise")
+KINDS = ("hang", "exit", "raise", "overflow")
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,26 @@ class FaultInjector:
         self.rank = rank
         self.attempt = int(os.environ.get(RESTART_ENV) or 0) if attempt is None else attempt
         if self.fault:
-            LOG.warning("FAULT INJECTION ON (%s=%s): rank %d will %s after step %d in %s", FAULT_ENV, text,
-                        self.fault.rank, self.fault.kind, self.fault.step,
+            LOG.warning("FAULT INJECTION ON (%s=%s): rank %d will %s %s step %d in %s", FAULT_ENV, text,
+                        self.fault.rank, self.fault.kind, "in" if self.fault.kind == "overflow" else "after",
+                        self.fault.step,
                         f"restart {self.fault.attempt}" if self.fault.attempt else "the first run")
+
+    def _due(self, step: int, kinds: Tuple[str, ...]) -> bool:
+        fault = self.fault
+        return bool(fault) and fault.kind in kinds and fault.step == step and fault.attempt == self.attempt
+
+    def overflow_drill(self, step: int) -> bool:
+        """Whether the ``overflow`` drill is due at ``step`` in this run (True on every rank)."""
+        return self._due(step, ("overflow",))
+
+    def overflows_here(self, step: int) -> bool:
+        """Whether this rank reports the drill's overflow at ``step``."""
+        return self.overflow_drill(step) and self.fault is not None and self.fault.rank == self.rank
 
     def after_step(self, step: int) -> None:
         fault = self.fault
-        if not fault or fault.rank != self.rank or fault.step != step or fault.attempt != self.attempt:
+        if not self._due(step, ("hang", "exit", "raise")) or fault is None or fault.rank != self.rank:
             return
         LOG.warning("FAULT INJECTION: %s now (after step %d)", fault.kind, step)
         if fault.kind == "exit":

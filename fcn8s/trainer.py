@@ -1,8 +1,8 @@
 """The train step (dynamic loss scaling, gradient all-reduce) and the training loop.
 
 Step order (as mindcv's TrainStep, but functional so it runs on CPU and Ascend alike):
-scaled loss -> grads -> mean over ranks -> unscale -> all_finite -> update only if finite ->
-adjust the loss scale.
+scaled loss -> grads -> mean over ranks -> unscale -> overflow check agreed by all ranks -> update only if
+finite (a skipped step still advances the learning-rate schedule) -> adjust the loss scale.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -29,7 +29,7 @@ from fcn8s.config import Config
 from fcn8s.data.normalize import TrainInput
 from fcn8s.data.pipeline import create_train_dataset
 from fcn8s.data.sampling import steps_in_epoch
-from fcn8s.distributed import DistContext, sum_across_ranks
+from fcn8s.distributed import DistContext, float_sum_across_ranks, gather_floats, sum_across_ranks
 from fcn8s.errors import UserError
 from fcn8s.evaluation import class_names, evaluate
 from fcn8s.faults import FaultInjector
@@ -66,30 +66,40 @@ def _as_is(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor]:
 
 
 class TrainStep:
-    """``step(images, labels) -> (loss, finite, loss_scale)``, also callable in two halves.
+    """``step(images, labels) -> (loss, finite, loss_scale, lr)``, also callable in two halves.
 
     ``local(images, labels) -> (scaled_loss, grads)`` is this rank's own work (no communication);
-    ``apply(scaled_loss, grads)`` does the rest: mean over ranks -> unscale -> all_finite -> update only
-    if finite -> adjust the loss scale. Timing ``local`` tells a slow rank from the ranks that wait for it
-    in the all-reduce (see :mod:`fcn8s.stragglers`). Calling the step itself runs both halves as one
-    fused graph; the results are bit-identical. Each graph compiles when first called.
+    ``apply(scaled_loss, grads)`` does the rest: mean over ranks -> unscale -> overflow check agreed by all
+    ranks -> update only if finite -> adjust the loss scale. Timing ``local`` tells a slow rank from the ranks
+    that wait for it in the all-reduce (see :mod:`fcn8s.stragglers`). Calling the step itself runs both halves
+    as one fused graph; the results are bit-identical. Each graph compiles when first called.
     """
 
     def __init__(self, local: Callable, apply: Callable, fused: Callable) -> None:
         self.local, self.apply, self._fused = local, apply, fused
 
-    def __call__(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+    def __call__(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ...]:
         return self._fused(images, labels)
 
 
 def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler,
-                    grad_reducer: Callable, prepare: Callable = _as_is, jit: bool = True) -> TrainStep:
-    """Build the :class:`TrainStep` ``step(images, labels) -> (loss, finite, loss_scale)``; skips the update
-    on overflow.
+                    ranks: int = 1, prepare: Callable = _as_is, jit: bool = True) -> TrainStep:
+    """Build the :class:`TrainStep` ``step(images, labels) -> (loss, finite, loss_scale, lr)`` for one of
+    ``ranks`` data-parallel ranks.
 
-    ``prepare`` turns the pipeline's batch into network input and loss targets inside the graph
-    (the trainer passes :class:`TrainInput`, which normalises the pipeline's uint8 crops).
+    Gradients are averaged over the ranks (``DistributedGradReducer``, mean): each rank's gradient is that of
+    its own mean loss over its valid pixels, as in PyTorch's DDP. The update is skipped when any rank sees an
+    overflow (a non-finite loss or mean gradient): the flag is all-reduced, as in MindSpore's
+    ``TrainOneStepWithLossScaleCell``, because on Ascend 910A ``amp.all_finite`` reads the device's own float
+    status, which may differ between ranks. ``lr`` is the rate the optimizer applies (read in the graph); a
+    skipped step still moves the optimizer's schedule position on, so that position is the training step.
+    ``prepare`` turns the pipeline's batch into network input and loss targets inside the graph (the trainer
+    passes :class:`TrainInput`, which normalises the pipeline's uint8 crops).
     """
+    reduce_grads = (nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=ranks) if ranks > 1
+                    else _no_reduction)
+    sum_flags = ops.AllReduce() if ranks > 1 else None
+    one_step = ms.Tensor([1], optimizer.global_step.dtype)
 
     def forward(images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
         return scaler.scale(loss_fn(net(images), labels))
@@ -101,17 +111,25 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
         scaled_loss, grads = grad_fn(images, labels)
         return ops.depend(scaled_loss, grads), grads  # the loss is ready once every gradient is: a cheap wait
 
-    def apply(scaled_loss: ms.Tensor, grads: Tuple[ms.Tensor, ...]) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
-        grads = grad_reducer(grads)
+    def all_ranks_finite(finite: ms.Tensor) -> ms.Tensor:
+        if sum_flags is None:
+            return finite
+        return sum_flags(ops.logical_not(finite).astype(ms.float32)) == 0
+
+    def apply(scaled_loss: ms.Tensor, grads: Tuple[ms.Tensor, ...]) -> Tuple[ms.Tensor, ...]:
+        grads = reduce_grads(grads)
         loss = scaler.unscale(scaled_loss)
         grads = scaler.unscale(grads)
-        finite = amp.all_finite(grads)
+        finite = all_ranks_finite(ops.logical_and(amp.all_finite(grads), ops.isfinite(loss)))
+        lr = optimizer.get_lr()
         if finite:
             optimizer(grads)
+        else:
+            ops.assign_add(optimizer.global_step, one_step)
         scaler.adjust(finite)
-        return loss, finite, scaler.scale_value.value()
+        return loss, finite, scaler.scale_value.value(), lr
 
-    def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
+    def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ...]:
         scaled_loss, grads = local(images, labels)
         return apply(scaled_loss, grads)
 
@@ -122,13 +140,32 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
 def parameter_checksum(net: nn.Cell) -> str:
     """sha256 (16 hex digits) of the trainable weights: equal on every rank of a correct job.
 
-    BatchNorm running statistics are excluded: each rank keeps its own (rank 0's are saved).
+    BatchNorm running statistics are excluded: each rank keeps its own between evaluations and checkpoints
+    (see :func:`average_batchnorm_statistics`).
     """
     digest = hashlib.sha256()
     for param in net.trainable_params():
         digest.update(param.name.encode())
         digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def average_batchnorm_statistics(net: nn.Cell, ctx: DistContext) -> None:
+    """Set every rank's BatchNorm moving mean and variance to their mean over the ranks (one collective).
+
+    Each rank's statistics follow its own batches (no SyncBN). Averaging them before an evaluation or a
+    checkpoint makes the weights every rank evaluates the weights rank 0 saves; the mean of the ranks' running
+    estimates is an estimate over the global batch. Training is unaffected: BatchNorm in training mode
+    normalises with the batch's own statistics.
+    """
+    if not ctx.distributed:
+        return
+    stats = [p for p in net.get_parameters() if p.name.endswith((".moving_mean", ".moving_variance"))]
+    flat = float_sum_across_ranks(np.concatenate([p.asnumpy().ravel() for p in stats]), ctx) / ctx.size
+    offset = 0
+    for param in stats:
+        param.set_data(ms.Tensor(flat[offset:offset + param.size].reshape(param.shape), param.dtype))
+        offset += param.size
 
 
 @dataclass
@@ -150,12 +187,51 @@ class DivergenceGuard:
                 "the last good checkpoint is kept")
 
 
+@dataclass
+class StepResult:
+    """One step's outputs on the host."""
+
+    loss: float  # this rank's loss
+    finite: bool  # the update was applied (the same on every rank)
+    loss_scale: float  # after this step's adjustment
+    lr: float  # the learning rate of this step (what the optimizer applied, unless the step was skipped)
+
+
+class StepClock:
+    """Wall seconds per training step (waiting for the batch + the step), without evaluation, checkpoint
+    writes and reports: :meth:`lap` after a step, :meth:`restart` after the bookkeeping that follows it."""
+
+    def __init__(self) -> None:
+        self.tick = time.perf_counter()
+
+    def restart(self) -> None:
+        self.tick = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self.tick = now - self.tick, now
+        return seconds
+
+
+@dataclass
+class Interval:
+    """The steps since the last report: wall seconds of each counted step, and this rank's own work on the
+    interval's straggler-timed step."""
+
+    seconds: List[float] = field(default_factory=list)
+    own_seconds: Optional[float] = None
+
+
 class Trainer:
     """Runs the training loop for one rank; rank 0 logs metrics and writes checkpoints.
 
     Training position = (global step, epoch, samples of the epoch consumed); it is saved with each
     checkpoint and :meth:`resume` restores it with the weights, momentum and loss scaler, so a
-    resumed run computes the same steps as an uninterrupted one.
+    resumed run computes the same steps as an uninterrupted one. The optimizer's learning-rate schedule
+    position is the global step.
+
+    Loop: :meth:`fit` -> per batch :meth:`_train_one` = :meth:`_step` (the step, its timing, the position)
+    -> divergence check -> :meth:`_report` (log interval) -> :meth:`_evaluate_or_checkpoint` -> fault drill.
     """
 
     def __init__(self, cfg: Config, ctx: DistContext, net: nn.Cell, num_samples: int) -> None:
@@ -173,16 +249,15 @@ class Trainer:
         ls = cfg.loss_scale
         self.scaler = amp.DynamicLossScaler(scale_value=ls.init_loss_scale, scale_factor=ls.scale_factor,
                                             scale_window=ls.scale_window)
-        reducer = (nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=ctx.size)
-                   if ctx.distributed else _no_reduction)
         loss_fn = SegmentationCrossEntropy(cfg.model.num_classes, cfg.data.ignore_label)
-        self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, reducer, TrainInput.from_config(cfg),
-                                       jit=cfg.run.mode == "graph")
+        self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, ctx.size,
+                                       TrainInput.from_config(cfg), jit=cfg.run.mode == "graph")
         self.checkpoints = CheckpointManager(os.path.join(cfg.run.output_dir, "checkpoints"),
                                              tcfg.keep_checkpoints, cfg.digest())
         self.guard = DivergenceGuard(tcfg.max_bad_steps)
         self.step, self.epoch, self.consumed = 0, 0, 0
         self.saved_step: Optional[int] = None
+        self.averaged_step: Optional[int] = None  # BatchNorm statistics last averaged over ranks after this step
         self.metrics_path = os.path.join(cfg.run.output_dir, "metrics.jsonl")
         self.tensorboard = (ScalarWriter(cfg.run.output_dir, class_names(cfg.model.num_classes))
                             if cfg.run.tensorboard and ctx.is_main else None)
@@ -193,6 +268,9 @@ class Trainer:
         # host and, on Ascend, cannot overlap the all-reduce with the backward pass).
         self.stragglers = (StragglerMonitor(ctx, tcfg.straggler_factor, tcfg.straggler_intervals, LOG)
                            if ctx.distributed and tcfg.straggler_intervals else None)
+        self.clock = StepClock()
+        self.interval = Interval()
+        self.first_step_seconds: Optional[float] = None
         self.fetch_seconds = 0.0
         self.halves_compiled = False
 
@@ -233,15 +311,23 @@ class Trainer:
         if self.tensorboard:
             self.tensorboard.write_train(record)
 
+    def _average_batchnorm(self) -> None:
+        """Average BatchNorm statistics over ranks, once per step (a collective: every rank calls it)."""
+        if self.averaged_step != self.step:
+            average_batchnorm_statistics(self.net, self.ctx)
+            self.averaged_step = self.step
+
     def _save(self, final: bool = False, metrics: Optional[Dict[str, object]] = None) -> Optional[str]:
         """Rank 0 writes the current state (no-op elsewhere, and if this step is already saved).
 
-        Every rank reports the "save" phase: the others wait for rank 0's write in their next collective.
+        Every rank calls it: the BatchNorm statistics saved are the mean over ranks. Every rank reports the
+        "save" phase: the others wait for rank 0's write in their next collective.
         """
         if (self.saved_step == self.step or self.guard.bad_steps) and not final:  # keep the last good one
             return None
         self.saved_step = self.step
         self.heartbeat.beat("save")
+        self._average_batchnorm()
         if not self.ctx.is_main:
             return None
         position = {"epoch": self.epoch, "consumed": self.consumed, "global_batch": self.global_batch,
@@ -293,16 +379,13 @@ class Trainer:
         self.heartbeat.beat("start", self.step)
         progress = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                         disable=not (self.ctx.is_main and sys.stderr.isatty()))
-        self.first_step_seconds: Optional[float] = None
-        self.window: List[float] = []  # wall seconds per step (data + compute) since the last report
-        self.own_seconds: Optional[float] = None  # own work (no waiting for others) on this interval's timed step
         loss_value = float("nan")
         with logging_redirect_tqdm(), progress, StopRequest() as stop:
             while self.step < self.total_steps:
                 dataset = create_train_dataset(self.cfg, self.ctx.rank, self.ctx.size, self.epoch, self.consumed)
-                self.last_tick = time.perf_counter()
+                self.clock.restart()
                 for images, labels in self._timed_batches(dataset.create_tuple_iterator(num_epochs=1)):
-                    loss_value = self._train_one(images, labels)
+                    loss_value = self._train_one(images, labels).loss
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss_value:.4f}")
                     signum = stop.agreed(self.ctx)
@@ -341,64 +424,97 @@ class Trainer:
         if steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size) == 0:
             self.epoch, self.consumed = self.epoch + 1, 0
 
-    def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> float:
-        """One optimisation step plus its bookkeeping (timing, divergence, logs, checkpoints)."""
+    def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> StepResult:
+        """One optimisation step and its bookkeeping: divergence check, report, evaluation or checkpoint, drill.
+
+        The bookkeeping is not counted in the step times (the clock restarts after it).
+        """
         epoch = self.epoch
-        # The same steps on every rank: the first of each log interval after the compile step (the first
-        # such step compiles the halves and is not counted either).
-        timed = self.stragglers is not None and self.first_step_seconds is not None and self.own_seconds is None
-        warmup = timed and not self.halves_compiled
-        self.heartbeat.beat("compile" if self.first_step_seconds is None or warmup else "run")
-        if timed:
-            loss, finite, scale, own_seconds = self._timed_step(images, labels)
-        else:
-            loss, finite, scale = self.step_fn(images, labels)
-        loss_value, finite_value = float(loss.asnumpy()), bool(finite.asnumpy())
-        self._advance()
-        now = time.perf_counter()
-        if self.first_step_seconds is None:
-            self.first_step_seconds = now - self.last_tick
-            LOG.info("first step (graph compile + run) took %.1f s", self.first_step_seconds)
-        elif warmup:
-            self.halves_compiled = True
-            LOG.info("first timed step (straggler check: step halves compile + run) took %.1f s", now - self.last_tick)
-        else:
-            self.window.append(now - self.last_tick)
-            if timed:
-                self.own_seconds = own_seconds
-        self.last_tick = now
-        self.guard.update(self.step, loss_value, finite_value)
+        result = self._step(images, labels)
+        self.guard.update(self.step, result.loss, result.finite)
         if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
-            self._report(self.step, epoch, loss_value, float(scale.asnumpy()), finite_value, self.window)
-            self.window, self.own_seconds = [], None
-        tcfg = self.cfg.train
-        if tcfg.eval_interval and self.step % tcfg.eval_interval == 0 and self.step < self.total_steps:
-            self._save(metrics=self._evaluate())
-        elif self.step % tcfg.checkpoint_interval == 0 and self.step < self.total_steps:
-            self._save()
+            self._report(epoch, result)
+        self._evaluate_or_checkpoint()
         self.faults.after_step(self.step)
         self.heartbeat.beat("step", self.step)  # last: a rank stuck in this step's bookkeeping stays behind
-        return loss_value
+        self.clock.restart()
+        return result
 
-    def _timed_step(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor, float]:
-        """The step as its two halves; also returns this rank's own work: batch fetch + local half, in seconds."""
+    def _step(self, images: ms.Tensor, labels: ms.Tensor) -> StepResult:
+        """Run the next step, advance the position and record its time (compile steps are not counted)."""
+        # The same steps on every rank: the first of each log interval after the compile step (the first
+        # such step compiles the halves and is not counted either), and the overflow drill's step.
+        timed = self.stragglers is not None and self.first_step_seconds is not None and \
+            self.interval.own_seconds is None
+        warmup = timed and not self.halves_compiled
+        drill = self.faults.overflow_drill(self.step + 1)
+        self.heartbeat.beat("compile" if self.first_step_seconds is None or warmup else "run")
+        own_seconds = None
+        if timed or drill:
+            outputs, own_seconds = self._halves(images, labels, self.faults.overflows_here(self.step + 1))
+        else:
+            outputs = self.step_fn(images, labels)
+        loss, finite, scale, lr = (output.asnumpy() for output in outputs)
+        self._advance()
+        seconds = self.clock.lap()
+        if self.first_step_seconds is None:
+            self.first_step_seconds = seconds
+            LOG.info("first step (graph compile + run) took %.1f s", seconds)
+        elif warmup:
+            self.halves_compiled = True
+            LOG.info("first timed step (straggler check: step halves compile + run) took %.1f s", seconds)
+        else:
+            self.interval.seconds.append(seconds)
+            if timed:
+                self.interval.own_seconds = own_seconds
+        return StepResult(float(loss), bool(finite), float(scale), float(lr))
+
+    def _halves(self, images: ms.Tensor, labels: ms.Tensor, overflow: bool) -> Tuple[Tuple[ms.Tensor, ...], float]:
+        """The step as its two halves, and this rank's own work: batch fetch + local half, in seconds.
+
+        ``overflow`` (the fault drill): this rank hands a non-finite loss to the second half.
+        """
         start = time.perf_counter()
         scaled_loss, grads = self.step_fn.local(images, labels)
         scaled_loss.asnumpy()  # graphs run asynchronously (CPU too): wait for this rank's local half to finish
         own_seconds = self.fetch_seconds + time.perf_counter() - start
+        if overflow:
+            scaled_loss = ms.Tensor(np.full(scaled_loss.shape, np.inf, np.float32), scaled_loss.dtype)
         # mutable: apply is compiled once, not per call
-        return (*self.step_fn.apply(scaled_loss, ms.mutable(grads)), own_seconds)
+        return self.step_fn.apply(scaled_loss, ms.mutable(grads)), own_seconds
 
-    def _report(self, step: int, epoch: int, loss: float, scale: float, finite: bool, window: List[float]) -> None:
+    def _evaluate_or_checkpoint(self) -> None:
+        """Periodic evaluation (then a checkpoint recording its metrics) or checkpoint; the final one is fit's."""
+        tcfg = self.cfg.train
+        if self.step >= self.total_steps:
+            return
+        if tcfg.eval_interval and self.step % tcfg.eval_interval == 0:
+            self._average_batchnorm()  # the weights evaluated on every rank are the weights rank 0 saves
+            self._save(metrics=self._evaluate())
+        elif self.step % tcfg.checkpoint_interval == 0:
+            self._save()
+
+    def _report(self, epoch: int, result: StepResult) -> None:
+        """Log the interval (every rank) and append it to metrics.jsonl (rank 0); a collective when distributed.
+
+        The loss logged is the mean of the ranks' losses at this step (one gather per log interval).
+        """
+        window = self.interval.seconds
         seconds = float(np.mean(window)) if window else None  # None: only the compile step so far
         images_per_s = self.global_batch / seconds if seconds else None
-        lr = float(self.lr[step - 1])
+        rank_losses = gather_floats(result.loss, self.ctx).astype(np.float64)
+        loss = float(np.mean(rank_losses))
         timing = f"step {seconds:.2f} s {images_per_s:.1f} img/s" if seconds else "(compile step)"
-        LOG.info("epoch %d step %d/%d loss %.4f lr %.5f loss_scale %g%s %s", epoch, step, self.total_steps, loss, lr,
-                 scale, "" if finite else " (overflow: update skipped)", timing)
+        LOG.info("epoch %d step %d/%d loss %.4f%s lr %.5f loss_scale %g%s %s", epoch, self.step, self.total_steps,
+                 loss, f" (this rank {result.loss:.4f})" if self.ctx.distributed else "", result.lr,
+                 result.loss_scale, "" if result.finite else " (overflow: update skipped)", timing)
         across: Dict[str, object] = {}
-        if self.stragglers is not None and self.own_seconds is not None:  # same on every rank: all join in
-            across = self.stragglers.interval(self.own_seconds)
+        if self.ctx.distributed:
+            across["rank_losses"] = [float(value) for value in rank_losses]
+        if self.stragglers is not None and self.interval.own_seconds is not None:  # same on every rank: all join in
+            across.update(self.stragglers.interval(self.interval.own_seconds))
         if self.ctx.is_main:
-            self._log_metrics({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "loss_scale": scale,
-                               "step_seconds": seconds, "images_per_second": images_per_s, **across})
+            self._log_metrics({"step": self.step, "epoch": epoch, "loss": loss, "lr": result.lr,
+                               "loss_scale": result.loss_scale, "step_seconds": seconds,
+                               "images_per_second": images_per_s, **across})
+        self.interval = Interval()

@@ -1,4 +1,6 @@
 """Launcher detection (unit) and real 2-rank CPU jobs via run_distribute.sh, mpirun and msrun."""
+import json
+import math
 import os
 import re
 import signal
@@ -6,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from fcn8s.distributed import DistContext, detect_launcher, planned_context
@@ -123,6 +126,68 @@ def test_msrun_two_ranks(mindrecord_dir, tmp_path):
     _assert_data_parallel_result(text, str(out))
 
 
+@pytest.fixture(scope="module")
+def two_rank_run(mindrecord_dir, tmp_path_factory):
+    """6 steps on 2 ranks (run_distribute.sh): rank 1 alone overflows at step 3, val evaluation + checkpoint
+    at step 4. Returns (output dir, [rank 0 log, rank 1 log])."""
+    tmp = tmp_path_factory.mktemp("dp_run")
+    out, logs = tmp / "out", tmp / "logs"
+    result = _run(["bash", "launch/run_distribute.sh", "2", *_train_args(mindrecord_dir, out, 6)[1:],
+                   "train.eval_interval=4", "train.checkpoint_interval=100", "eval.image_size=64"],
+                  env={"LOG_DIR": str(logs), "FCN8S_FAULT": "overflow:rank=1:step=3"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, [(logs / f"rank_{k}.log").read_text() for k in range(2)]
+
+
+def _step_lines(log):
+    """{step: (logged loss, this rank's loss, loss scale, rest of the line)} from a rank's log."""
+    found = re.findall(r"step (\d+)/6 loss (\S+) \(this rank (\S+)\) lr \S+ loss_scale (\S+)(.*)", log)
+    return {int(step): (float(mean), float(own), float(scale), rest) for step, mean, own, scale, rest in found}
+
+
+@pytest.mark.slow
+def test_an_overflow_on_one_rank_skips_the_update_on_every_rank(two_rank_run):
+    _, logs = two_rank_run
+    assert "FAULT INJECTION ON" in logs[0]
+    for log in logs:
+        lines = _step_lines(log)
+        assert sorted(lines) == list(range(1, 7)), log[-3000:]
+        assert lines[2][2] == 1024 and lines[3][2] == 512  # both ranks shrink the scale...
+        assert "(overflow: update skipped)" in lines[3][3]  # ... and skip the update
+        assert all("overflow" not in lines[step][3] for step in (1, 2, 4, 5, 6))
+    assert math.isinf(_step_lines(logs[1])[3][1]) and math.isfinite(_step_lines(logs[0])[3][1])
+    sums = [dict(_checksums(log)) for log in logs]
+    assert sums[0]["0"] == sums[1]["1"]  # identical weights
+
+
+@pytest.mark.slow
+def test_the_logged_loss_is_the_mean_over_ranks(two_rank_run):
+    out, logs = two_rank_run
+    records = {r["step"]: r for r in map(json.loads, open(out / "metrics.jsonl"))}
+    own = [_step_lines(log) for log in logs]
+    for step in (1, 2, 4, 5, 6):
+        losses = [own[rank][step][1] for rank in (0, 1)]  # each rank's own loss, from its own log
+        assert abs(losses[0] - losses[1]) > 1e-3  # different data: rank 0's loss alone would not do
+        assert records[step]["rank_losses"] == pytest.approx(losses, abs=1e-4)
+        assert records[step]["loss"] == pytest.approx(np.mean(records[step]["rank_losses"]), rel=1e-6)
+        assert own[0][step][0] == own[1][step][0] == pytest.approx(records[step]["loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_miou_recorded_with_a_checkpoint_is_the_miou_of_its_weights(two_rank_run, mindrecord_dir, tmp_path):
+    """BatchNorm statistics differ per rank; the periodic evaluation scores the weights rank 0 saves."""
+    out, _ = two_rank_run
+    ckpt = out / "checkpoints" / "fcn8s-step00000004.ckpt"
+    recorded = json.load(open(out / "checkpoints" / "fcn8s-step00000004.json"))["metrics"]
+    result = _run([sys.executable, "-m", "fcn8s.eval", "--config", "configs/cpu_smoke.yaml", "--ckpt", str(ckpt),
+                   f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=64", *SMALL_NETWORK,
+                   "--out", str(tmp_path / "eval.json"), "--no-plot"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.load(open(tmp_path / "eval.json"))
+    for key in ("pixel_accuracy", "mean_iou"):
+        assert evaluated[key] == pytest.approx(recorded[key], abs=1e-9), (evaluated, recorded)
+
+
 def _job_pids(marker):
     """PIDs of processes whose command line or environment mentions ``marker``."""
     pids = []
@@ -209,8 +274,6 @@ def test_launcher_refuses_more_ranks_than_npus(tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
-    import json
-
     import mindspore as ms
 
     from fcn8s.model import FCN8s
@@ -231,13 +294,14 @@ def test_two_rank_eval_equals_single_process(mindrecord_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
-    """Gradient mean over 2 ranks x 2 samples == 1 process x 4 samples (BatchNorm-free net).
+def test_two_ranks_average_their_gradients_through_the_trainers_reducer(tmp_path):
+    """The trainer's gradient reduction over 2 ranks x 2 samples == one process applying the mean of the two
+    halves' gradients, with ignored pixels (a different number on each rank; BatchNorm-free net).
 
     FCN-8s itself keeps per-rank BatchNorm statistics (no SyncBN), so only its trainable weights
-    are compared across ranks (checksums above); this checks the reduction itself.
+    are compared across ranks (checksums above); this checks the reduction itself (a sum instead of the
+    mean, ``mean=False``, doubles the step).
     """
-    import numpy as np
 
     single = _run([sys.executable, "-m", "tests.dp_equivalence_worker", str(tmp_path / "one")], env={"PYTHONPATH": REPO})
     assert single.returncode == 0, single.stderr[-3000:]
@@ -255,8 +319,6 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
 
 def test_ascend_path_generates_a_rank_table_and_sets_rank_env(tmp_path):
     """An 'Ascend host' (ASCEND_VISIBLE_DEVICES) with a fake hccn.conf: real launcher, real processes."""
-    import json
-
     hccn = tmp_path / "hccn.conf"
     hccn.write_text("".join(f"address_{d}=192.168.100.{101 + d}\nnetmask_{d}=255.255.255.0\n" for d in range(8)))
     reports, logs = tmp_path / "reports", tmp_path / "logs"

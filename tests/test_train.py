@@ -1,5 +1,6 @@
 """End-to-end on CPU with real processes: train, checkpoint, evaluate, diverge."""
 import json
+import math
 import re
 import os
 
@@ -11,6 +12,7 @@ import mindspore as ms
 
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s
+from fcn8s.trainer import cosine_lr
 from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
@@ -143,6 +145,59 @@ def test_periodic_evaluation_records_miou_and_retention_keeps_the_best(mindrecor
     assert set(kept) == {6, best}  # the newest plus the best by mIoU
     for step, meta in kept.items():
         assert meta["metrics"]["mean_iou"] == pytest.approx(logged[step], abs=1e-4)
+    # step times count the step only: not the evaluation and checkpoint write before it
+    eval_seconds = {int(step): float(s) for step, s in re.findall(r"val at step (\d+): .*eval took ([\d.]+) s",
+                                                                  result.stderr)}
+    records = {r["step"]: r for r in map(json.loads, open(os.path.join(tmp_path, "metrics.jsonl")))}
+    for step in (3, 5, 7):
+        assert records[step]["step_seconds"] < eval_seconds[step - 1], (records[step], eval_seconds)
+
+
+def _applied_lr(before, after):
+    """The learning rate a Momentum step applied, from two consecutive checkpoints: w -= lr * moment.
+
+    Least squares over every weight (float32 rounding of single elements averages out).
+    """
+    num = den = 0.0
+    for name in (key for key in after if key.startswith("moments.")):
+        moment = after[name].asnumpy().astype(np.float64)
+        weight = name[len("moments."):]
+        num += float(np.sum((before[weight].asnumpy().astype(np.float64) - after[weight].asnumpy()) * moment))
+        den += float(np.sum(moment * moment))
+    return num / den
+
+
+@pytest.mark.slow
+def test_applied_learning_rate_follows_the_schedule_and_the_loss_scale_the_config(mindrecord_dir, tmp_path):
+    """Reads what the optimizer applied, step by step, from checkpoints, with an overflow at step 3.
+
+    Guards the tutorial's constant lr (``Tensor(lr[-1])``), a schedule that lags after a skipped update
+    (``nn.Momentum`` only counts applied updates), and ``DynamicLossScaleManager(scale_factor, scale_window)``
+    taking its settings by position.
+    """
+    steps = 6
+    result = run_module("fcn8s.train", "--config", CONFIG,
+                        *_overrides(mindrecord_dir, tmp_path, f"train.max_steps={steps}", "train.checkpoint_interval=1",
+                                    "train.keep_checkpoints=10", "loss_scale.init_loss_scale=64",
+                                    "loss_scale.scale_factor=4", "loss_scale.scale_window=2"),
+                        env={"FCN8S_FAULT": "overflow:rank=0:step=3"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = {r["step"]: r for r in map(json.loads, open(os.path.join(tmp_path, "metrics.jsonl")))}
+    # init 64; x4 after every 2 clean steps; /4 on the overflow at step 3 (which also restarts the count)
+    assert [records[s]["loss_scale"] for s in range(1, steps + 1)] == [64, 256, 64, 64, 256, 256]
+    assert "step 3/6 loss inf lr" in result.stderr and "(overflow: update skipped)" in result.stderr
+    ckpt_dir = os.path.join(tmp_path, "checkpoints")
+    ckpts = {s: ms.load_checkpoint(os.path.join(ckpt_dir, f"fcn8s-step{s:08d}.ckpt")) for s in range(1, steps)}
+    ckpts[steps] = ms.load_checkpoint(os.path.join(ckpt_dir, "fcn8s-final.ckpt"))
+    assert float(ckpts[1]["loss_scale"].asnumpy()) == 64
+    schedule = cosine_lr(0.01, 0.0005, steps)
+    for step in range(1, steps + 1):
+        assert records[step]["lr"] == pytest.approx(float(schedule[step - 1]), rel=1e-6)
+    np.testing.assert_array_equal(ckpts[3]["conv6.0.weight"].asnumpy(), ckpts[2]["conv6.0.weight"].asnumpy())
+    applied = {step: _applied_lr(ckpts[step - 1], ckpts[step]) for step in (2, 4, 5, 6)}
+    for step, lr in applied.items():  # the logged lr is the applied one, at the training step's position
+        assert lr == pytest.approx(records[step]["lr"], rel=1e-4), (step, applied)
+    assert len({round(lr, 6) for lr in applied.values()}) == 4 and not math.isclose(applied[2], applied[6])
 
 
 @pytest.mark.slow
