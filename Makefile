@@ -25,7 +25,7 @@ infra:
 	bash tests/infra/provision.sh
 
 test: $(STAMP) infra
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3 --dist loadgroup
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -1,7 +1,18 @@
-"""Shared fixtures: a small synthetic VOC tree and its MindRecord build (built once per session)."""
+"""Shared fixtures (a small synthetic VOC tree and its MindRecord build, once per session) and the rules
+that let ``make test`` run the suite in parallel (pytest-xdist, ``--dist loadgroup``):
+
+- tests that share a host-wide resource are one ``xdist_group`` (one worker runs them in turn):
+  ``netns`` (the simulated servers and their Slurm), ``slurm`` (the host's Slurm node) and
+  :data:`HEAVY` (memory and disk);
+- a test marked ``alone`` (it compares timings) runs while no other test runs: see :func:`cpu_share`;
+- processes a test must find again are tagged with :func:`job_tag`, unique across workers.
+"""
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -12,8 +23,10 @@ PYTHON = sys.executable
 # checkpoints of 80 MB instead of 1 GB. The tutorial's network keeps its own tests: seed
 # compatibility (test_model), the conv fast path (test_fast_conv), one resume (test_resume),
 # pretrained weights, the container and Slurm jobs.
+# These jobs also run the fused train step only (train.straggler_intervals=0): the straggler check compiles
+# the step's two halves as a second graph, 40 % of the CPU of a 3-step 2-rank job; test_stragglers turns it on.
 SMALL_FC_CHANNELS = 16
-SMALL_NETWORK = (f"model.fc_channels={SMALL_FC_CHANNELS}", "data.crop_size=32")
+SMALL_NETWORK = (f"model.fc_channels={SMALL_FC_CHANNELS}", "data.crop_size=32", "train.straggler_intervals=0")
 
 
 def run_module(module, *args, timeout=900, env=None, check=False):
@@ -23,6 +36,50 @@ def run_module(module, *args, timeout=900, env=None, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+# The tests that hold the tutorial's network in memory (a worker never gives an in-process network back to the
+# OS) or its ~1 GB checkpoints or the container images on disk: one worker runs them one after the other, so
+# the suite's peak memory and disk are those of one of them, not of three at once.
+HEAVY = pytest.mark.xdist_group("heavy")
+
+
+def job_tag():
+    """A value for ``FCN8S_TEST_MARKER`` that no other test's processes carry (tmp_path names can repeat
+    across xdist workers)."""
+    return f"fcn8s-test-{uuid.uuid4().hex}"
+
+
+@contextlib.contextmanager
+def cpu_share(run_dir, alone):
+    """Hold the machine shared with the other xdist workers' tests, or ``alone`` (none of them running).
+
+    Two flock files in ``run_dir`` (the run's temp dir, common to its workers): every test passes the gate, then
+    holds ``shared`` in shared mode; a test that must run alone keeps the gate closed while it waits for
+    ``shared`` in exclusive mode, so no new test starts and it is not starved.
+    """
+    with open(os.path.join(run_dir, "cpu.gate"), "a") as gate, open(os.path.join(run_dir, "cpu.shared"), "a") as shared:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(shared, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(shared, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist every test (with the fixtures it sets up and tears down) runs inside :func:`cpu_share`."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nobody to share with
+        return (yield)
+    run_dir = item.config._tmp_path_factory.getbasetemp().parent  # pytest-N/ above this worker's popen-gwK/
+    with cpu_share(run_dir, alone=item.get_closest_marker("alone") is not None):
+        return (yield)
 
 
 def pytest_collection_modifyitems(items):

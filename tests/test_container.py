@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import HEAVY, REPO
 from tests.infra import unavailable
 
 BASE_IMAGE = os.environ.get("FCN8S_BASE_IMAGE", "localhost/localbase:bookworm-py")
@@ -24,7 +24,7 @@ ASCEND_IMAGE = "localhost/fcn8s:ascend-test"
 CONTEXT = ["pyproject.toml", "README.md", "fcn8s", "rank_table", "configs", "launch", "docker"]
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 LIBDIR = f"/usr/lib/{platform.machine()}-linux-gnu"  # Debian's multiarch library dir
-pytestmark = pytest.mark.slow  # an image build takes about a minute
+pytestmark = [pytest.mark.slow, HEAVY]  # an image build takes about a minute
 
 
 def _podman(*args, timeout=1200):
@@ -106,6 +106,8 @@ def test_ascend_image_keeps_the_base_images_mindspore(image, context, tmp_path):
                         "/usr/local/lib/python3.11/dist-packages\n"
                         f"COPY --from=packages {LIBDIR}/libgomp.so.1 {LIBDIR}/\n")  # site bases have it
     _build(context, stand_in, SITE_BASE, BASE_IMAGE)
+    _podman("rmi", image)  # the stand-in holds copies of its packages: 1.5 GB less on disk from here on
+    _podman("image", "prune", "-f")
     _build(context, context / "docker" / "Dockerfile.ascend", ASCEND_IMAGE, SITE_BASE)
     probe = _podman("run", "--rm", "--network=none", "--entrypoint", "python", ASCEND_IMAGE, "-c",
                     "import os, mindspore, fcn8s; print(os.getuid(), os.getgid(), mindspore.__file__); "

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from fcn8s.distributed import DistContext, detect_launcher, planned_context
+from fcn8s.distributed import DistContext, detect_launcher, free_port, planned_context
 from fcn8s.errors import UserError
-from tests.conftest import REPO, SMALL_FC_CHANNELS, SMALL_NETWORK
+from tests.conftest import REPO, SMALL_FC_CHANNELS, SMALL_NETWORK, job_tag
 
 VENV_BIN = os.path.dirname(sys.executable)
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -119,7 +119,7 @@ def test_mpirun_two_ranks(mindrecord_dir, tmp_path):
 def test_msrun_two_ranks(mindrecord_dir, tmp_path):
     out, logs = tmp_path / "out", tmp_path / "mslogs"
     env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "PYTHONPATH": REPO}
-    result = _run([os.path.join(VENV_BIN, "msrun"), "--worker_num=2", "--local_worker_num=2", "--master_port=18731",
+    result = _run([os.path.join(VENV_BIN, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
                    f"--log_dir={logs}", "--join=True", "fcn8s/train.py", *_train_args(mindrecord_dir, out)], env=env)
     text = "".join((logs / f"worker_{k}.log").read_text() for k in range(2))
     assert result.returncode == 0, text[-3000:]
@@ -205,8 +205,9 @@ def _job_pids(marker):
 def running_job(mindrecord_dir, tmp_path):
     """A 2-rank CPU job via run_distribute.sh, returned once rank 1 has trained two steps."""
     out, logs = tmp_path / "out", tmp_path / "logs"
-    marker = f"FCN8S_TEST_MARKER={tmp_path.name}"
-    env = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tmp_path.name}
+    tag = job_tag()
+    marker = f"FCN8S_TEST_MARKER={tag}"
+    env = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tag}
     launcher = subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *_train_args(mindrecord_dir, out, 500)[1:]],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

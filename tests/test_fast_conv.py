@@ -12,6 +12,7 @@ import mindspore as ms
 import mindspore.nn as nn
 
 from fcn8s.fast_conv import SameConv2d
+from tests.conftest import HEAVY
 
 RTOL = 1e-4
 
@@ -82,6 +83,7 @@ def test_matches_conv2d_in_graph_mode(k, h, w):
     _check_equivalence(8, 16, k, h, w, jit=True)
 
 
+@HEAVY
 def test_real_conv6_shape():
     """conv6 of FCN-8s at 64 px input: 512 -> 4096, 7x7, on the 2x2 pool5 map."""
     fast, ref = _pair(512, 4096, 7, seed=6)
@@ -111,6 +113,7 @@ def test_reference_weight_grad_is_zero_outside_central_window():
     assert np.abs(dw[:, :, 2:5, 2:5]).min(axis=(2, 3)).max() > 0  # the central window does get gradient
 
 
+@HEAVY
 def test_fcn8s_parameters_identical_across_impls():
     from fcn8s.model import FCN8s
 

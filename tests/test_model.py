@@ -6,7 +6,10 @@ import mindspore as ms
 
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s, bilinear_kernel
+from tests.conftest import HEAVY
 from tests.seed_reference import SeedFCN8s
+
+pytestmark = HEAVY
 
 
 @pytest.fixture(scope="module")

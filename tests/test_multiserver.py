@@ -22,7 +22,7 @@ from tests.infra.slurm_cluster import SlurmCluster
 
 # Four ranks (and the launchers) at once: tests/conftest.py runs this module first, while the test
 # runner itself is still small (in-process tests later build networks it never gives back).
-pytestmark = [pytest.mark.slow, pytest.mark.multiserver]
+pytestmark = [pytest.mark.slow, pytest.mark.multiserver, pytest.mark.xdist_group("netns")]
 
 VENV_BIN = os.path.dirname(sys.executable)
 STEPS = 3

@@ -1,5 +1,7 @@
 """Pretrained VGG16-BN loading: real MindSpore VGG16-BN cells (model-zoo and mindcv layout) saved as
 checkpoints with the real shapes, loaded into FCN-8s, compared layer by layer."""
+import os
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,9 @@ from fcn8s.config import ModelConfig
 from fcn8s.errors import UserError
 from fcn8s.model import build_model
 from fcn8s.pretrained import load_pretrained_backbone
-from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
+from tests.conftest import HEAVY, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
+
+pytestmark = HEAVY
 
 # torchvision / mindcv / model-zoo VGG16 configuration 'D', written out here independently of fcn8s.model.
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -65,7 +69,8 @@ def vgg_checkpoint(request, tmp_path_factory):
     vgg.set_train(False)
     path = str(tmp_path_factory.mktemp("vgg") / f"vgg16_bn_{attr}.ckpt")
     ms.save_checkpoint(vgg, path)
-    return vgg, path
+    yield vgg, path
+    os.remove(path)  # 554 MB: freed once the module's tests of this naming are done
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from fcn8s.faults import FaultInjector
 from fcn8s.heartbeat import HEARTBEAT_ENV, Heartbeat
 from fcn8s.rank_watchdog import PACKAGE_DIR, RankWatchdog, describe_stack
 from fcn8s.watchdog import EXIT_HUNG, HangLimits
-from tests.conftest import REPO
+from tests.conftest import REPO, job_tag
 from tests.test_distributed import MPI_ENV, VENV_BIN, _job_pids, _train_args
 
 HOST = "srv1 (198.18.7.2)"
@@ -156,8 +156,9 @@ def _rank_pid(marker, rank):
 @pytest.mark.parametrize("how", ["live_hang", "sigstop"])
 def test_mpirun_job_with_a_hung_rank_stops_naming_it(mindrecord_dir, tmp_path, how):
     out, log = tmp_path / "out", tmp_path / "job.log"
-    marker = f"FCN8S_TEST_MARKER={tmp_path.name}"
-    env = {**os.environ, **MPI_ENV, "HANG_TIMEOUT": str(HANG_TIMEOUT), "FCN8S_TEST_MARKER": tmp_path.name,
+    tag = job_tag()
+    marker = f"FCN8S_TEST_MARKER={tag}"
+    env = {**os.environ, **MPI_ENV, "HANG_TIMEOUT": str(HANG_TIMEOUT), "FCN8S_TEST_MARKER": tag,
            **({"FCN8S_FAULT": "hang:rank=1:step=3"} if how == "live_hang" else {})}
     with open(log, "w") as handle:
         job = subprocess.Popen([os.path.join(VENV_BIN, "mpirun"), "-n", "2", "--oversubscribe", sys.executable, "-m",

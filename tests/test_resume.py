@@ -14,7 +14,7 @@ import mindspore as ms
 
 from fcn8s.checkpoint import read_sidecar
 from fcn8s.faults import FAULT_ENV
-from tests.conftest import PYTHON, REPO, SMALL_NETWORK, run_module
+from tests.conftest import HEAVY, PYTHON, REPO, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 STEPS = 6
@@ -73,6 +73,7 @@ def _uninterrupted(mindrecord_dir, out, network):
 
 
 @pytest.mark.slow
+@HEAVY
 def test_resuming_a_checkpoint_repeats_the_uninterrupted_steps(mindrecord_dir, tmp_path):
     """The one resume of the tutorial's full network (the other resume tests train the small one)."""
     full, full_log = _uninterrupted(mindrecord_dir, str(tmp_path / "full"), network=())

@@ -13,6 +13,7 @@ from tests.infra.netns import BRIDGE_NS, PREFIX, SimulatedServers, mpirun_argv, 
 from tests.infra.netns import simulated_servers  # noqa: F401  (fixture)
 from tests.infra.slurm_cluster import simulated_slurm  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.xdist_group("netns")  # the namespaces, their Slurm and munge: one test at a time
 PYTHON = sys.executable
 PORT = 40123
 # Prints "ready", accepts one client on argv[1]:argv[2], sends back the client's address.

@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import REPO, SMALL_NETWORK, run_module
 from tests.infra import run_script, unavailable
 
+pytestmark = pytest.mark.xdist_group("slurm")  # the host's one Slurm node: one test at a time
+CLUSTER = "fcn8s-test"  # tests/infra/slurm.sh; the simulated servers' Slurm numbers its jobs from 1 as well
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 JOB_TIMEOUT = 1200
 FULL_NETWORK_STEPS = 3
@@ -77,13 +79,14 @@ def _wait(job_id):
 
 
 def _job_processes(job_id):
-    """PIDs of processes that belong to Slurm job ``job_id`` (by their environment)."""
-    marker = f"SLURM_JOB_ID={job_id}\0".encode()
+    """PIDs of processes that belong to Slurm job ``job_id`` of this host's cluster (by their environment)."""
+    markers = (f"SLURM_JOB_ID={job_id}\0".encode(), f"SLURM_CLUSTER_NAME={CLUSTER}\0".encode())
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
-                if marker in handle.read():
+                environ = handle.read()
+                if all(marker in environ for marker in markers):
                     pids.append(int(pid))
         except OSError:
             continue

@@ -128,13 +128,15 @@ def _stop_bursts(pid, done):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the ranks' own-work times are compared: no other test's load on the cores
 @pytest.mark.parametrize("slowed", [True, False], ids=["rank1_slowed", "nobody_slowed"])
 def test_the_slowed_rank_and_only_it_is_named(mindrecord_dir, tmp_path, slowed):
     # log_interval 2: step 1 compiles the fused step, step 2 the halves; steps 3, 5, ... are timed and the
     # intervals ending at steps 4, 6, ... have figures, all slowed (the bursts start after step 2).
     steps = 12 if slowed else 8
     out = tmp_path / "out"
-    launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, out, steps), "train.log_interval=2")
+    launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, out, steps), "train.log_interval=2",
+                                    "train.straggler_intervals=3")
     done = threading.Event()
     burster = None
     started = time.monotonic()

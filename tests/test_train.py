@@ -13,7 +13,7 @@ import mindspore as ms
 from fcn8s.checkpoint import load_weights
 from fcn8s.model import FCN8s
 from fcn8s.trainer import cosine_lr
-from tests.conftest import SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
+from tests.conftest import HEAVY, SMALL_FC_CHANNELS, SMALL_NETWORK, run_module
 
 CONFIG = "configs/cpu_smoke.yaml"
 
@@ -80,7 +80,7 @@ def test_eval_cli_prints_table_and_writes_json(trained_run, mindrecord_dir):
 
 def test_eval_missing_checkpoint_is_a_clear_error(mindrecord_dir, tmp_path):
     result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", str(tmp_path / "none.ckpt"),
-                        f"data.mindrecord_dir={mindrecord_dir}")
+                        f"data.mindrecord_dir={mindrecord_dir}", *SMALL_NETWORK)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: checkpoint not found" in result.stderr
 
@@ -168,6 +168,7 @@ def _applied_lr(before, after):
 
 
 @pytest.mark.slow
+@HEAVY  # seven checkpoints
 def test_applied_learning_rate_follows_the_schedule_and_the_loss_scale_the_config(mindrecord_dir, tmp_path):
     """Reads what the optimizer applied, step by step, from checkpoints, with an overflow at step 3.
 

@@ -13,7 +13,7 @@ from fcn8s.failure import signal_name, write_failure_report
 from fcn8s.faults import Fault, FaultInjector, parse_fault
 from fcn8s.heartbeat import Heartbeat, read_heartbeat
 from fcn8s.watchdog import EXIT_HUNG, HangLimits, Watchdog, heartbeat_path
-from tests.conftest import REPO
+from tests.conftest import REPO, job_tag
 from tests.test_distributed import _job_pids, _train_args
 
 
@@ -158,15 +158,15 @@ def test_evaluation_is_busy_until_every_rank_summed(tmp_path, monkeypatch):
 
 def _start(tmp_path, train_args, *overrides, **env):
     """run_distribute.sh with 2 CPU ranks; returns (launcher, logs dir, marker of its processes)."""
-    logs = tmp_path / "logs"
-    environ = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tmp_path.name,
+    logs, tag = tmp_path / "logs", job_tag()
+    environ = {**os.environ, "LOG_DIR": str(logs), "FCN8S_TEST_MARKER": tag,
                **{k: str(v) for k, v in env.items()}}
     tmp_path.mkdir(parents=True, exist_ok=True)
     with open(tmp_path / "launcher.out", "w") as output:  # a file: a full pipe would block the launcher
         launcher = subprocess.Popen(["bash", "launch/run_distribute.sh", "2", *train_args[1:], *overrides],
                                     cwd=REPO, env=environ, stdout=output, stderr=subprocess.STDOUT)
     launcher.output_path = tmp_path / "launcher.out"
-    return launcher, logs, f"FCN8S_TEST_MARKER={tmp_path.name}"
+    return launcher, logs, f"FCN8S_TEST_MARKER={tag}"
 
 
 def _wait_for_step(logs, rank, step, launcher, seconds=300):
