@@ -83,8 +83,9 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_collection_modifyitems(items):
-    """Run the multi-server tests (four FCN-8s processes at a time) before any in-process network."""
-    items.sort(key=lambda item: item.get_closest_marker("multiserver") is None)
+    """The multi-server tests (four FCN-8s processes at a time) first, then the other slow ones, then the rest:
+    the long tests start early and the short ones fill the workers' last minutes."""
+    items.sort(key=lambda item: (item.get_closest_marker("multiserver") is None, item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")
