@@ -6,6 +6,7 @@ addresses and hostnames, teardown, OpenMPI across them and a 2-node Slurm cluste
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -31,6 +32,17 @@ MPI_HELLO = ("import socket, subprocess; from mpi4py import MPI; comm = MPI.COMM
 def _our_netns():
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
     return [name for name in names if name.startswith((PREFIX, BRIDGE_NS))]
+
+
+def _in_servers(servers, pids, indices, timeout=10.0):
+    """Whether every pid is in one of the servers ``indices`` within ``timeout`` s: ``nsenter`` joins the
+    namespace only after Popen has returned, later on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= {pid for k in indices for pid in servers.pids(k)}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _alive(pid):
@@ -87,13 +99,13 @@ def test_kill_all_and_teardown_leave_nothing(simulated_servers):  # noqa: F811
     servers = simulated_servers(2)
     assert sorted(_our_netns()) == sorted([BRIDGE_NS, f"{PREFIX}0", f"{PREFIX}1"])
     sleeper = servers.popen(1, ["sleep", "300"])
-    assert sleeper.pid in servers.pids(1)
+    assert _in_servers(servers, [sleeper.pid], [1])
     servers.kill_all(1)
     assert servers.pids(1) == [] and sleeper.wait(timeout=10) == -9
     # a foreground process, a daemonised one (reparented away from us) and one with its own hostname
     started = [servers.popen(0, ["sleep", "300"]).pid, servers.popen(1, ["sleep", "300"], hostname=True).pid]
     started += [int(servers.run(1, ["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"], check=True).stdout)]
-    assert set(started) <= set(servers.pids(0) + servers.pids(1))
+    assert _in_servers(servers, started, [0, 1])
     servers.close()
     assert _our_netns() == []
     assert not [pid for pid in started if _alive(pid)]
