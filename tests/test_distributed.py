@@ -188,13 +188,14 @@ def test_the_miou_recorded_with_a_checkpoint_is_the_miou_of_its_weights(two_rank
         assert evaluated[key] == pytest.approx(recorded[key], abs=1e-9), (evaluated, recorded)
 
 
-def _job_pids(marker):
-    """PIDs of processes whose command line or environment mentions ``marker``."""
+def _job_pids(*markers):
+    """PIDs of processes whose environment contains every one of ``markers``."""
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
-                if marker.encode() in handle.read():
+                environ = handle.read()
+                if all(marker.encode() in environ for marker in markers):
                     pids.append(int(pid))
         except OSError:
             continue

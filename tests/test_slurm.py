@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import REPO, SMALL_NETWORK, run_module
 from tests.infra import run_script, unavailable
+from tests.test_distributed import _job_pids
 
 pytestmark = pytest.mark.xdist_group("slurm")  # the host's one Slurm node: one test at a time
 CLUSTER = "fcn8s-test"  # tests/infra/slurm.sh; the simulated servers' Slurm numbers its jobs from 1 as well
@@ -80,17 +81,7 @@ def _wait(job_id):
 
 def _job_processes(job_id):
     """PIDs of processes that belong to Slurm job ``job_id`` of this host's cluster (by their environment)."""
-    markers = (f"SLURM_JOB_ID={job_id}\0".encode(), f"SLURM_CLUSTER_NAME={CLUSTER}\0".encode())
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-                if all(marker in environ for marker in markers):
-                    pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
+    return _job_pids(f"SLURM_JOB_ID={job_id}\0", f"SLURM_CLUSTER_NAME={CLUSTER}\0")
 
 
 def _no_processes_left(job_id, grace=60):
