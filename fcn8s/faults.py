@@ -1,4 +1,5 @@
-"""Fault injection for resilience drills: ``FCN8S_FAULT=KIND:rank=R:step=S[:code=C][:attempt=A]`` (off by default).
+"""Fault injection for resilience drills: ``FCN8S_FAULT=KIND:rank=R:step=S[:code=C][:attempt=A][:seconds=N]``
+(off by default).
 
 After finishing step S, rank R (global rank) then
   hang   stops making progress while its process stays alive (Python sleeps; MindSpore's own
@@ -8,6 +9,9 @@ After finishing step S, rank R (global rank) then
 ``overflow`` acts during step S instead: rank R reports a non-finite loss for that step (as a float16
 overflow on one NPU is seen only by that NPU), so every rank must skip the update and shrink the loss
 scale together. Every rank runs that step as its two halves, the faulty rank replacing its loss in between.
+``slow_eval`` makes rank R's evaluation after step S take N seconds longer (default 30) without a
+heartbeat, as a large val split would; the other ranks wait for it in the evaluation's final sum. The
+hang watchdog must let it finish.
 The fault fires in the job's first run only, or in restart A with ``attempt=A`` (the launcher
 gives ranks ``FCN8S_RESTART``), so an automatic restart (fcn8s/restarts.py) can recover from it.
 Every rank logs a warning at start when the variable is set, so a drill is never mistaken for a
@@ -26,7 +30,7 @@ from fcn8s.restarts import RESTART_ENV
 
 LOG = logging.getLogger(__name__)
 FAULT_ENV = "FCN8S_FAULT"
-KINDS = ("hang", "exit", "raise", "overflow")
+KINDS = ("hang", "exit", "raise", "overflow", "slow_eval")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Fault:
     step: int
     code: int = 1
     attempt: int = 0
+    seconds: int = 30
 
 
 def parse_fault(text: str) -> Fault:
@@ -43,11 +48,12 @@ def parse_fault(text: str) -> Fault:
     kind, *fields = text.strip().split(":")
     values = dict(field.split("=", 1) for field in fields if "=" in field)
     if kind not in KINDS or len(values) != len(fields) or not {"rank", "step"} <= set(values) \
-            or set(values) - {"rank", "step", "code", "attempt"} or not all(v.isdigit() for v in values.values()):
-        raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C][:attempt=A] with KIND one of "
-                        f"{', '.join(KINDS)}, e.g. hang:rank=1:step=3")
+            or set(values) - {"rank", "step", "code", "attempt", "seconds"} \
+            or not all(v.isdigit() for v in values.values()):
+        raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C][:attempt=A][:seconds=N] with "
+                        f"KIND one of {', '.join(KINDS)}, e.g. hang:rank=1:step=3")
     return Fault(kind, int(values["rank"]), int(values["step"]), int(values.get("code", 1)),
-                 int(values.get("attempt", 0)))
+                 int(values.get("attempt", 0)), int(values.get("seconds", 30)))
 
 
 class FaultInjector:
@@ -75,6 +81,13 @@ class FaultInjector:
     def overflows_here(self, step: int) -> bool:
         """Whether this rank reports the drill's overflow at ``step``."""
         return self.overflow_drill(step) and self.fault is not None and self.fault.rank == self.rank
+
+    def slow_evaluation(self, step: int) -> None:
+        """The ``slow_eval`` drill: sleep ``seconds`` in the evaluation after ``step`` on the faulty rank."""
+        fault = self.fault
+        if self._due(step, ("slow_eval",)) and fault is not None and fault.rank == self.rank:
+            LOG.warning("FAULT INJECTION: evaluation %d s longer (after step %d)", fault.seconds, step)
+            time.sleep(fault.seconds)
 
     def after_step(self, step: int) -> None:
         fault = self.fault

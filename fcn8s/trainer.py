@@ -350,6 +350,7 @@ class Trainer:
         started = time.perf_counter()
         predictor = Predictor(self.net, cfg.eval.image_size, cfg.data.image_mean, cfg.data.image_std)
         try:
+            self.faults.slow_evaluation(self.step)
             hist = evaluate(cfg, self.ctx, predictor, progress=lambda _scored: self.heartbeat.beat("eval"))
             summary = summarize(sum_across_ranks(hist, self.ctx))
             if self.tensorboard:

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -81,6 +82,48 @@ def test_requirements_helper_leaves_out_what_the_base_provides():
     result = _requirements("--from-base", "mindspore", "not-installed-pkg")
     assert "mindspore" not in result.stdout and "numpy==1.26.4" in result.stdout
     assert "using the base image's mindspore 2.10.0" in result.stderr
+
+
+def test_requirements_helper_splits_the_pins_between_layers():
+    assert _requirements("--only", "mindspore").stdout.split() == ["mindspore==2.10.0"]
+    rest = _requirements("--without", "mindspore").stdout.split()
+    assert "numpy==1.26.4" in rest and not any(req.startswith("mindspore") for req in rest)
+
+
+def _wheel(path, members):
+    record = "".join(f"{name},sha256=x,{len(data)}\n" for name, data in members.items())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, (2026, 1, 1, 0, 0, 0))
+            info.external_attr = (0o755 if name.endswith(".so") else 0o644) << 16
+            wheel.writestr(info, data, zipfile.ZIP_DEFLATED)
+        wheel.writestr("demo-1.0.dist-info/RECORD", record + "demo-1.0.dist-info/RECORD,,\n")
+        wheel.writestr("demo-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr("demo-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+
+
+def test_strip_wheel_drops_the_plugins_and_their_record_lines_and_pip_installs_the_rest(tmp_path):
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    _wheel(wheel, {"demo/__init__.py": b"VALUE = 7\n", "demo/lib/plugin/cpu/libcpu.so": b"c" * 1000,
+                   "demo/lib/plugin/gpu11.1/libgpu.so": b"g" * 5000, "demo/lib/plugin/libdemo_ascend.so.2": b"a" * 300})
+    strip = [sys.executable, "docker/strip_wheel.py", str(wheel), "demo/lib/plugin/gpu*",
+             "demo/lib/plugin/libdemo_*ascend.so*"]
+    result = subprocess.run(strip, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "dropped 2 files" in result.stdout, result.stdout + result.stderr
+    with zipfile.ZipFile(wheel) as stripped:
+        names = stripped.namelist()
+        record = stripped.read("demo-1.0.dist-info/RECORD").decode()
+        assert stripped.read("demo/lib/plugin/cpu/libcpu.so") == b"c" * 1000
+        assert stripped.getinfo("demo/lib/plugin/cpu/libcpu.so").external_attr >> 16 == 0o755
+    assert not any("gpu" in name or "ascend" in name for name in names) and "demo/__init__.py" in names
+    assert "gpu" not in record and "ascend" not in record and "demo/lib/plugin/cpu/libcpu.so," in record
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                              "--target", str(target), str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    assert sorted(p.name for p in (target / "demo" / "lib" / "plugin").iterdir()) == ["cpu"]
+    again = subprocess.run(strip, capture_output=True, text=True, cwd=REPO)  # nothing left to drop: an error
+    assert again.returncode == 1 and "no member of" in again.stderr and wheel.is_file()
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)

@@ -22,6 +22,7 @@ from tests.test_distributed import _job_pids, _train_args
     ("exit:rank=0:step=2:code=7", Fault("exit", 0, 2, 7)),
     ("raise:step=5:rank=2", Fault("raise", 2, 5)),
     ("exit:rank=1:step=4:attempt=1", Fault("exit", 1, 4, 1, 1)),
+    ("slow_eval:rank=1:step=2:seconds=20", Fault("slow_eval", 1, 2, seconds=20)),
 ])
 def test_fault_settings_parse(text, fault):
     assert parse_fault(text) == fault
@@ -253,7 +254,7 @@ def test_a_killed_rank_writes_the_failure_report(mindrecord_dir, tmp_path):
     assert report["steps"]["1"] >= 2 and "restarts used: 0" in output and "last lines of rank_1.log:" in output
 
 
-EVAL_IMAGE_SIZE = 256  # CPU Conv2D (oneDNN, NCHW) runs at ~1 GFLOP/s: ~1 min for 3 images per rank on 2 cores
+SLOW_EVAL_SECONDS = 25  # rank 1's evaluation, without a heartbeat; rank 0 waits for it in the final sum
 
 
 def _log_time(log, pattern):
@@ -266,9 +267,14 @@ def _log_time(log, pattern):
 
 @pytest.mark.slow
 def test_a_long_evaluation_is_busy_not_hung(mindrecord_dir, tmp_path):
-    """Periodic evaluation (waiting for the other rank included) may take longer than the hang timeout."""
+    """Periodic evaluation (waiting for the other rank included) may take longer than the hang timeout.
+
+    The ``slow_eval`` drill keeps rank 1 in its evaluation for 25 s without a heartbeat, as a large
+    val split would (a real one that long costs minutes of CPU here).
+    """
     launcher, logs, marker = _start(tmp_path, _train_args(mindrecord_dir, tmp_path / "out", 3), "train.eval_interval=2",
-                                    f"eval.image_size={EVAL_IMAGE_SIZE}", HANG_TIMEOUT=HANG_TIMEOUT)
+                                    HANG_TIMEOUT=HANG_TIMEOUT,
+                                    FCN8S_FAULT=f"slow_eval:rank=1:step=2:seconds={SLOW_EVAL_SECONDS}")
     output, leftovers = _finish(launcher, marker, 900)
     assert launcher.returncode == 0 and leftovers == [], output[-3000:]
     assert not (logs / "failure.json").exists()
@@ -276,7 +282,7 @@ def test_a_long_evaluation_is_busy_not_hung(mindrecord_dir, tmp_path):
         log = (logs / f"rank_{rank}.log").read_text(errors="replace")
         took = (_log_time(log, "val at step 2: ") - _log_time(log, "evaluating at step 2 ")) % 86400
         print(f"rank {rank}: evaluation took {took} s (hang timeout {HANG_TIMEOUT} s)")
-        assert took > HANG_TIMEOUT + 5, log[-3000:]
+        assert SLOW_EVAL_SECONDS <= took < SLOW_EVAL_SECONDS + 60 and took > HANG_TIMEOUT + 5, log[-3000:]
         assert "step 3/3" in log
 
 
