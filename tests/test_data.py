@@ -102,7 +102,8 @@ def small_checkpoint(tmp_path_factory):
 
     path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
     ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
-    return path
+    yield path
+    os.remove(path)
 
 
 @pytest.mark.parametrize("module, split", [("fcn8s.eval", "val"), ("fcn8s.train", "train")])

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -136,7 +137,8 @@ def two_rank_run(mindrecord_dir, tmp_path_factory):
                    "train.eval_interval=4", "train.checkpoint_interval=100", "eval.image_size=64"],
                   env={"LOG_DIR": str(logs), "FCN8S_FAULT": "overflow:rank=1:step=3"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, [(logs / f"rank_{k}.log").read_text() for k in range(2)]
+    yield out, [(logs / f"rank_{k}.log").read_text() for k in range(2)]
+    shutil.rmtree(tmp)
 
 
 def _step_lines(log):

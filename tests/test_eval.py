@@ -102,7 +102,8 @@ def checkpoint(tmp_path_factory):
     ms.set_seed(6)
     path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
     ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
-    return path
+    yield path
+    os.remove(path)
 
 
 def labelled_pixels(voc_tree):

@@ -28,7 +28,8 @@ def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "net.ckpt")
     ms.set_seed(1)  # an initialisation whose masks vary with the image (some seeds predict one class everywhere)
     ms.save_checkpoint(FCN8s(21, fc_channels=SMALL_FC_CHANNELS), path)
-    return path
+    yield path
+    os.remove(path)
 
 
 def test_predict_any_size_writes_palette_masks_and_overlays(checkpoint, voc_tree, tmp_path):

@@ -1,6 +1,7 @@
 """python -m fcn8s.preflight: each check's failure case with real files and sockets, the CLI, the launchers."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -98,7 +99,8 @@ def checkpoint_run(tmp_path_factory, mindrecord_dir):
     out = tmp_path_factory.mktemp("preflight") / "run"
     run_module("fcn8s.train", *_train_args(mindrecord_dir, out, "train.max_steps=2", "train.eval_interval=0"),
                check=True)
-    return out
+    yield out
+    shutil.rmtree(out)
 
 
 @pytest.mark.slow

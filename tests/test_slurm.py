@@ -17,11 +17,13 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.conftest import REPO, SMALL_NETWORK, run_module
+from tests.conftest import HEAVY, REPO, SMALL_NETWORK, run_module
 from tests.infra import run_script, unavailable
 from tests.test_distributed import _job_pids
 
-pytestmark = pytest.mark.xdist_group("slurm")  # the host's one Slurm node: one test at a time
+# The host's one Slurm node: one test at a time. The full-network job is in the heavy group instead
+# (memory, a 1 GB checkpoint: not while an image builds); Slurm's queue runs it after any other job.
+pytestmark = pytest.mark.xdist_group("slurm")
 CLUSTER = "fcn8s-test"  # tests/infra/slurm.sh; the simulated servers' Slurm numbers its jobs from 1 as well
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
 JOB_TIMEOUT = 1200
@@ -96,7 +98,8 @@ def job_dir(mindrecord_dir, tmp_path_factory):
     """A scratch dir next to a copy of the synthetic MindRecord set (``../mr``)."""
     root = tmp_path_factory.mktemp("slurm")
     shutil.copytree(mindrecord_dir, root / "mr")
-    return root
+    yield root
+    shutil.rmtree(root)  # the jobs' checkpoints
 
 
 class Run(NamedTuple):
@@ -140,6 +143,7 @@ def uninterrupted(slurm, resumable_script):
 
 
 @pytest.mark.slow
+@HEAVY
 def test_sbatch_two_cpu_ranks_completes_with_identical_weights(slurm, job_dir):
     """The tutorial's full network under srun."""
     work = job_dir / "full"

@@ -3,6 +3,7 @@ import json
 import math
 import re
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -30,7 +31,8 @@ def trained_run(mindrecord_dir, tmp_path_factory):
                         *_overrides(mindrecord_dir, out, "train.max_steps=14", "train.checkpoint_interval=5",
                                     "train.keep_checkpoints=1"))
     assert result.returncode == 0, result.stderr[-4000:]
-    return out, result
+    yield out, result
+    shutil.rmtree(out)  # its checkpoints: ~0.4 GB
 
 
 def test_short_training_run_learns(trained_run):
