@@ -151,7 +151,8 @@ def test_evaluation_is_busy_until_every_rank_summed(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "Predictor", lambda *args: None)
     net = SimpleNamespace(set_train=lambda mode: None)
     cfg = SimpleNamespace(eval=SimpleNamespace(image_size=96), data=SimpleNamespace(image_mean=0, image_std=1))
-    fake = SimpleNamespace(cfg=cfg, ctx=None, net=net, step=2, heartbeat=Heartbeat(path), tensorboard=None)
+    fake = SimpleNamespace(cfg=cfg, ctx=None, net=net, step=2, heartbeat=Heartbeat(path), tensorboard=None,
+                           faults=FaultInjector(0, ""))
     metrics = trainer.Trainer._evaluate(fake)
     assert seen == ["eval"] and metrics["pixel_accuracy"] == 1.0
     assert read_heartbeat(path)["phase"] == "step"
