@@ -115,14 +115,14 @@ def test_eval_cli_multi_scale_flip_end_to_end(checkpoint, voc_tree, mindrecord_d
     out = tmp_path / "tta.json"
     result = run_module("fcn8s.eval", "--config", CONFIG, "--ckpt", checkpoint, "--out", out,
                         f"data.mindrecord_dir={mindrecord_dir}", "eval.image_size=96", "eval.batch_size=4",
-                        *SMALL_NETWORK, "--scales", "0.5", "0.75", "1.0", "1.25", "1.75", "--flip")
+                        *SMALL_NETWORK, "--scales", "0.5", "1.25", "--flip")  # each scale is a graph to compile
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads(out.read_text())
-    assert metrics["scales"] == [0.5, 0.75, 1.0, 1.25, 1.75] and metrics["flip"] is True
+    assert metrics["scales"] == [0.5, 1.25] and metrics["flip"] is True
     assert metrics["pixels"] == labelled_pixels(voc_tree)  # every val image once, at original size
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"):
         assert 0.0 <= metrics[key] <= 1.0
-    assert len(metrics["class_iou"]) == 21 and "scales 0.5 0.75 1 1.25 1.75, flip" in result.stdout
+    assert len(metrics["class_iou"]) == 21 and "scales 0.5 1.25, flip" in result.stdout
     assert "per-class IoU:" in result.stdout and "background" in result.stdout
     plot = cv2.imread(metrics["plot"])
     assert metrics["plot"] == str(tmp_path / "tta.class_iou.png") and plot is not None and plot.shape[1] > 500
