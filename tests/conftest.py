@@ -7,11 +7,6 @@ that let ``make test`` run the suite in parallel (pytest-xdist, ``--dist loadgro
 - a test marked ``alone`` (it compares timings) runs while no other test runs: see :func:`cpu_share`;
 - processes a test must find again are tagged with :func:`job_tag`, unique across workers.
 
-Every job the suite starts heartbeats to its MindSpore scheduler every second instead of every 3-5 s
-(``MS_RETRY_INTERVAL_LOWER/UPPER``, read by MindSpore's cluster nodes): a rank waits for one heartbeat
-before the cluster is ready and for one more when it leaves it, so each job takes 3-7 s less
-(measured: a 3-step 2-rank job 18.0-20.8 s -> 13.8-14.9 s wall, the same CPU). The jobs the
-tests check are otherwise unchanged; users keep MindSpore's default.
 """
 import contextlib
 import fcntl
@@ -24,8 +19,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-for _bound in ("MS_RETRY_INTERVAL_LOWER", "MS_RETRY_INTERVAL_UPPER"):
-    os.environ.setdefault(_bound, "1")
 # Tests of plumbing (launchers, restarts, retention, CLI errors) train this small FCN-8s: conv6/conv7
 # 16 wide instead of 4096 (15 M parameters instead of 134.5 M) on 32 px crops, about 5x faster with
 # checkpoints of ~120 MB (weights and momentum) instead of 1.08 GB. The tutorial's network keeps its own tests: seed
