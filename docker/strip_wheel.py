@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import shutil
 import sys
 import zipfile
 from typing import Optional, Sequence, Tuple
@@ -37,11 +38,7 @@ def strip_wheel(path: str, patterns: Sequence[str]) -> Tuple[int, int]:
             else:
                 kept.file_size = info.file_size  # zipfile then knows whether it needs ZIP64
                 with source.open(info) as member, target.open(kept, "w") as copy:
-                    while True:
-                        chunk = member.read(1 << 20)
-                        if not chunk:
-                            break
-                        copy.write(chunk)
+                    shutil.copyfileobj(member, copy, 1 << 20)
     os.replace(partial, path)
     return count, size
 

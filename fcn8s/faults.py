@@ -52,8 +52,7 @@ def parse_fault(text: str) -> Fault:
             or not all(v.isdigit() for v in values.values()):
         raise UserError(f"{FAULT_ENV}={text!r}: expected KIND:rank=R:step=S[:code=C][:attempt=A][:seconds=N] with "
                         f"KIND one of {', '.join(KINDS)}, e.g. hang:rank=1:step=3")
-    return Fault(kind, int(values["rank"]), int(values["step"]), int(values.get("code", 1)),
-                 int(values.get("attempt", 0)), int(values.get("seconds", 30)))
+    return Fault(kind, **{key: int(value) for key, value in values.items()})
 
 
 class FaultInjector:
@@ -78,20 +77,24 @@ class FaultInjector:
         """Whether the ``overflow`` drill is due at ``step`` in this run (True on every rank)."""
         return self._due(step, ("overflow",))
 
+    def _due_here(self, step: int, kinds: Tuple[str, ...]) -> bool:
+        """Whether a fault of ``kinds`` is due at ``step`` and this is its rank."""
+        return self._due(step, kinds) and self.fault is not None and self.fault.rank == self.rank
+
     def overflows_here(self, step: int) -> bool:
         """Whether this rank reports the drill's overflow at ``step``."""
-        return self.overflow_drill(step) and self.fault is not None and self.fault.rank == self.rank
+        return self._due_here(step, ("overflow",))
 
     def slow_evaluation(self, step: int) -> None:
         """The ``slow_eval`` drill: sleep ``seconds`` in the evaluation after ``step`` on the faulty rank."""
         fault = self.fault
-        if self._due(step, ("slow_eval",)) and fault is not None and fault.rank == self.rank:
+        if self._due_here(step, ("slow_eval",)) and fault is not None:
             LOG.warning("FAULT INJECTION: evaluation %d s longer (after step %d)", fault.seconds, step)
             time.sleep(fault.seconds)
 
     def after_step(self, step: int) -> None:
         fault = self.fault
-        if not self._due(step, ("hang", "exit", "raise")) or fault is None or fault.rank != self.rank:
+        if not self._due_here(step, ("hang", "exit", "raise")) or fault is None:
             return
         LOG.warning("FAULT INJECTION: %s now (after step %d)", fault.kind, step)
         if fault.kind == "exit":

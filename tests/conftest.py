@@ -6,7 +6,6 @@ that let ``make test`` run the suite in parallel (pytest-xdist, ``--dist loadgro
   :data:`HEAVY` (memory and disk);
 - a test marked ``alone`` (it compares timings) runs while no other test runs: see :func:`cpu_share`;
 - processes a test must find again are tagged with :func:`job_tag`, unique across workers.
-
 """
 import contextlib
 import fcntl
