@@ -67,8 +67,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class LossScaleConfig:
-    """Dynamic loss scaling, named as in ``DynamicLossScaleManager``."""
+    """Loss scaling (fcn8s/loss_scale.py), named as in ``DynamicLossScaleManager``.
 
+    dynamic: an overflow on any rank skips the update and shrinks the scale (the tutorial's). fixed: the scale
+    stays ``init_loss_scale`` and every update is applied, without the overflow check over the gradients (the
+    model zoo's FCN-8s recipe, ``FixedLossScaleManager(1024, drop_overflow_update=False)``).
+    """
+
+    type: str = field(default="dynamic", metadata=_choices("dynamic", "fixed"))
     init_loss_scale: float = field(default=65536.0, metadata=_range(1.0))
     scale_factor: int = field(default=2, metadata=_range(2))
     scale_window: int = field(default=1000, metadata=_range(1))
@@ -99,6 +105,13 @@ class TrainConfig:
     # for straggler_intervals intervals in a row. 0 = off (one fused step graph, no per-rank figures).
     straggler_factor: float = field(default=1.5, metadata=_range(1.0, lo_open=True))
     straggler_intervals: int = field(default=3, metadata=_range(0))
+    # The host reads the device (stop agreement after SIGTERM, divergence check) every N steps; 0 = every
+    # log_interval steps. Between reads the steps run without a host round trip; a SIGTERM stops the job at
+    # the next read, at most N steps later (docs/performance.md).
+    sync_interval: int = field(default=0, metadata=_range(0))
+    # Ascend/GPU: N steps per call fed from the device's data queue (mindspore.data_sink); 0 = off. MindSpore
+    # has no data sink on CPU: there the per-step loop runs (logged). Intervals must be multiples of N.
+    sink_size: int = field(default=0, metadata=_range(0))
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,8 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    """Collective-communication time-outs (HCCL on Ascend), exported before communication starts.
+    """Collective communication: time-outs (HCCL on Ascend, exported before communication starts) and the
+    gradient buckets.
 
     An ``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` already in the environment wins (logged).
     """
@@ -132,6 +146,10 @@ class DistConfig:
     hccl_connect_timeout: int = field(default=600, metadata=_range(120, 7200))
     # Seconds one collective may wait for its peers (HCCL: 68-17340, a multiple of 68; default 1800).
     hccl_exec_timeout: int = field(default=1836, metadata=_range(68, 17340))
+    # Gradients are summed over the ranks in buckets of at most this many MB, filled in backward order
+    # (fcn8s/grad_buckets.py), so the last layers' buckets go out while the backward pass still runs; 0 = one
+    # bucket after the whole backward pass. 25 MB is PyTorch DDP's default bucket_cap_mb (docs/performance.md).
+    bucket_mb: float = field(default=25.0, metadata=_range(0.0, 4096.0))
 
 
 @dataclass(frozen=True)
@@ -238,8 +256,20 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"eval.image_size: must be a multiple of 32, got {cfg.eval.image_size}")
     if cfg.dist.hccl_exec_timeout % 68:
         raise ConfigError(f"dist.hccl_exec_timeout: must be a multiple of 68 (HCCL), got {cfg.dist.hccl_exec_timeout}")
+    _check_sink_multiples(cfg.train)
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"train.min_lr ({cfg.train.min_lr}) must not exceed train.lr ({cfg.train.lr})")
+
+
+def _check_sink_multiples(train: TrainConfig) -> None:
+    """With a data sink the host runs between sinks only: every interval must be a multiple of sink_size."""
+    if not train.sink_size:
+        return
+    for key in ("log_interval", "sync_interval", "checkpoint_interval", "eval_interval", "max_steps"):
+        value = getattr(train, key)
+        if value % train.sink_size:
+            raise ConfigError(f"train.{key} ({value}) must be a multiple of train.sink_size ({train.sink_size}): "
+                              "the host only runs between sinks")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,9 +107,9 @@ def train(args: argparse.Namespace, cfg: Config, ctx: DistContext, watchdog: Opt
     """Build the model and trainer, resume or load pretrained weights, train; returns the exit code."""
     if ctx.is_main:
         save_config(cfg, os.path.join(cfg.run.output_dir, "config.yaml"))
-    conv_impl = resolve_conv_impl(cfg.model.conv_impl, resolve_device_target(cfg.run.device_target))
-    net = build_model(cfg.model, conv_impl)
-    trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir))
+    device_target = resolve_device_target(cfg.run.device_target)
+    net = build_model(cfg.model, resolve_conv_impl(cfg.model.conv_impl, device_target))
+    trainer = Trainer(cfg, ctx, net, count_samples(cfg.data.mindrecord_dir), device_target)
     if watchdog:
         watchdog.watch(trainer.heartbeat)
     checkpoint = agreed_resume_path(args.resume, trainer, ctx)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import mindspore as ms
+import mindspore.dataset as ds
 import mindspore.nn as nn
 from mindspore import amp, ops
 
@@ -33,11 +34,14 @@ from fcn8s.distributed import DistContext, float_sum_across_ranks, gather_floats
 from fcn8s.errors import UserError
 from fcn8s.evaluation import class_names, evaluate
 from fcn8s.faults import FaultInjector
+from fcn8s.grad_buckets import gradient_reducer
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
+from fcn8s.loss_scale import LossScaler, build_loss_scaler
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
+from fcn8s.sink import sink_plan, sink_steps
 from fcn8s.stragglers import StragglerMonitor
 from fcn8s.tensorboard_log import ScalarWriter
 
@@ -65,41 +69,78 @@ def _as_is(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor]:
     return images, labels
 
 
+_times = ops.MultitypeFuncGraph("times")
+
+
+@_times.register("Tensor", "Tensor")
+def _times_tensor(factor: ms.Tensor, grad: ms.Tensor) -> ms.Tensor:
+    return grad * factor.astype(grad.dtype)
+
+
+class StepStats(nn.Cell):
+    """Device-side counters the host reads at sync intervals, not per step: the current run of bad steps
+    (update skipped or loss non-finite) and the longest run since the last read."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_prefix=False)
+        self.bad_run = ms.Parameter(ms.Tensor(0, ms.int32), name="stats.bad_run", requires_grad=False)
+        self.worst_run = ms.Parameter(ms.Tensor(0, ms.int32), name="stats.worst_run", requires_grad=False)
+
+    def construct(self, good: ms.Tensor) -> ms.Tensor:
+        run = ops.select(good, ops.zeros_like(self.bad_run), self.bad_run + 1)
+        ops.assign(self.bad_run, run)
+        return ops.assign(self.worst_run, ops.maximum(self.worst_run, run))
+
+    def read(self) -> Tuple[int, int]:
+        """(current bad run, longest since the last read); starts the next reading period."""
+        current, worst = int(self.bad_run.asnumpy()), int(self.worst_run.asnumpy())
+        self.worst_run.set_data(ms.Tensor(current, ms.int32))
+        return current, worst
+
+
 class TrainStep:
     """``step(images, labels) -> (loss, finite, loss_scale, lr)``, also callable in two halves.
 
     ``local(images, labels) -> (scaled_loss, grads)`` is this rank's own work (no communication);
-    ``apply(scaled_loss, grads)`` does the rest: mean over ranks -> unscale -> overflow check agreed by all
-    ranks -> update only if finite -> adjust the loss scale. Timing ``local`` tells a slow rank from the ranks
-    that wait for it in the all-reduce (see :mod:`fcn8s.stragglers`). Calling the step itself runs both halves
-    as one fused graph; the results are bit-identical. Each graph compiles when first called.
+    ``apply(scaled_loss, grads)`` does the rest: sum over ranks (in buckets) -> unscale and mean in one pass ->
+    overflow check agreed by all ranks -> update only if finite -> adjust the loss scale. Timing ``local`` tells
+    a slow rank from the ranks that wait for it in the all-reduce (see :mod:`fcn8s.stragglers`). Calling the step
+    itself runs both halves as one fused graph; the results are bit-identical. Each graph compiles when first
+    called. ``stats`` (:class:`StepStats`) counts bad steps on the device; ``sinkable`` is the fused step not
+    yet compiled, for ``mindspore.data_sink``.
     """
 
-    def __init__(self, local: Callable, apply: Callable, fused: Callable) -> None:
-        self.local, self.apply, self._fused = local, apply, fused
+    def __init__(self, local: Callable, apply: Callable, fused: Callable, sinkable: Callable,
+                 stats: StepStats) -> None:
+        self.local, self.apply, self._fused, self.sinkable, self.stats = local, apply, fused, sinkable, stats
 
     def __call__(self, images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ...]:
         return self._fused(images, labels)
 
 
-def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler,
-                    ranks: int = 1, prepare: Callable = _as_is, jit: bool = True) -> TrainStep:
+def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: LossScaler,
+                    ranks: int = 1, prepare: Callable = _as_is, jit: bool = True, bucket_mb: float = 0.0,
+                    check_overflow: bool = True) -> TrainStep:
     """Build the :class:`TrainStep` ``step(images, labels) -> (loss, finite, loss_scale, lr)`` for one of
     ``ranks`` data-parallel ranks.
 
-    Gradients are averaged over the ranks (``DistributedGradReducer``, mean): each rank's gradient is that of
-    its own mean loss over its valid pixels, as in PyTorch's DDP. The update is skipped when any rank sees an
-    overflow (a non-finite loss or mean gradient): the flag is all-reduced, as in MindSpore's
-    ``TrainOneStepWithLossScaleCell``, because on Ascend 910A ``amp.all_finite`` reads the device's own float
-    status, which may differ between ranks. ``lr`` is the rate the optimizer applies (read in the graph); a
-    skipped step still moves the optimizer's schedule position on, so that position is the training step.
-    ``prepare`` turns the pipeline's batch into network input and loss targets inside the graph (the trainer
-    passes :class:`TrainInput`, which normalises the pipeline's uint8 crops).
+    Gradients are averaged over the ranks: summed in all-reduce buckets of ``bucket_mb``
+    (:mod:`fcn8s.grad_buckets`; 0 = one bucket), then multiplied by 1 / (loss scale x ranks): the unscale and
+    the mean in one pass. Each rank's gradient is that of its own mean loss over its valid pixels, as in PyTorch's DDP. With ``check_overflow``
+    (dynamic loss scaling) the update is skipped when any rank sees an overflow (a non-finite loss or mean
+    gradient): the flag is all-reduced, as in MindSpore's ``TrainOneStepWithLossScaleCell``, because on Ascend
+    910A ``amp.all_finite`` reads the device's own float status, which may differ between ranks. Without it
+    (a fixed scale, the zoo's recipe) every update is applied and ``finite`` is the loss's on every rank.
+    ``lr`` is the rate the optimizer applies (read in the graph); a skipped step still moves the optimizer's
+    schedule position on, so that position is the training step. ``prepare`` turns the pipeline's batch into
+    network input and loss targets inside the graph (the trainer passes :class:`TrainInput`, which normalises
+    the pipeline's uint8 crops).
     """
-    reduce_grads = (nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=ranks) if ranks > 1
-                    else _no_reduction)
+    sum_grads = gradient_reducer(optimizer.parameters, ranks, bucket_mb) if ranks > 1 else _no_reduction
     sum_flags = ops.AllReduce() if ranks > 1 else None
     one_step = ms.Tensor([1], optimizer.global_step.dtype)
+    times = ops.HyperMap()
+    stats = StepStats()
 
     def forward(images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
         return scaler.scale(loss_fn(net(images), labels))
@@ -117,16 +158,20 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
         return sum_flags(ops.logical_not(finite).astype(ms.float32)) == 0
 
     def apply(scaled_loss: ms.Tensor, grads: Tuple[ms.Tensor, ...]) -> Tuple[ms.Tensor, ...]:
-        grads = reduce_grads(grads)
-        loss = scaler.unscale(scaled_loss)
-        grads = scaler.unscale(grads)
-        finite = all_ranks_finite(ops.logical_and(amp.all_finite(grads), ops.isfinite(loss)))
+        grads = times(ops.partial(_times, ops.reciprocal(scaler.scale_value * ranks)), sum_grads(grads))
+        loss = scaled_loss * ops.reciprocal(scaler.scale_value)
         lr = optimizer.get_lr()
-        if finite:
-            optimizer(grads)
+        if check_overflow:
+            finite = all_ranks_finite(ops.logical_and(amp.all_finite(grads), ops.isfinite(loss)))
+            if finite:
+                optimizer(grads)
+            else:
+                ops.assign_add(optimizer.global_step, one_step)
         else:
-            ops.assign_add(optimizer.global_step, one_step)
+            finite = all_ranks_finite(ops.isfinite(loss))
+            optimizer(grads)
         scaler.adjust(finite)
+        stats(finite)
         return loss, finite, scaler.scale_value.value(), lr
 
     def step(images: ms.Tensor, labels: ms.Tensor) -> Tuple[ms.Tensor, ...]:
@@ -134,7 +179,7 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
         return apply(scaled_loss, grads)
 
     compile_ = ms.jit if jit else (lambda fn: fn)
-    return TrainStep(compile_(local), compile_(apply), compile_(step))
+    return TrainStep(compile_(local), compile_(apply), compile_(step), step, stats)
 
 
 def parameter_checksum(net: nn.Cell) -> str:
@@ -170,31 +215,38 @@ def average_batchnorm_statistics(net: nn.Cell, ctx: DistContext) -> None:
 
 @dataclass
 class DivergenceGuard:
-    """Counts consecutive bad steps (non-finite loss or skipped update) and stops at ``limit``."""
+    """Stops at ``limit`` bad steps in a row (non-finite loss or skipped update), counted on the device by
+    :class:`StepStats` and checked when the host reads it (every sync interval)."""
 
     limit: int
-    bad_steps: int = 0
+    stats: StepStats
 
-    def update(self, step: int, loss: float, finite: bool) -> None:
-        if math.isfinite(loss) and finite:
-            self.bad_steps = 0
-            return
-        self.bad_steps += 1
-        if self.bad_steps >= self.limit:
+    def check(self, step: int) -> None:
+        _current, worst = self.stats.read()
+        if worst >= self.limit:
             raise TrainingDiverged(
-                f"training diverged at step {step}: loss {loss} with a non-finite gradient for "
-                f"{self.bad_steps} consecutive steps (lower train.lr or check the data); "
-                "the last good checkpoint is kept")
+                f"training diverged at step {step}: {worst} consecutive steps with a non-finite loss or gradient "
+                "(lower train.lr or check the data); the last good checkpoint is kept")
+
+    def in_bad_run(self) -> bool:
+        """The last step was bad (a checkpoint now would replace a good one with a bad one)."""
+        return int(self.stats.bad_run.asnumpy()) > 0
 
 
 @dataclass
 class StepResult:
-    """One step's outputs on the host."""
+    """One step's outputs, read to the host (at log, sync and bookkeeping steps only)."""
 
     loss: float  # this rank's loss
     finite: bool  # the update was applied (the same on every rank)
     loss_scale: float  # after this step's adjustment
     lr: float  # the learning rate of this step (what the optimizer applied, unless the step was skipped)
+
+    @classmethod
+    def read(cls, outputs: Tuple[ms.Tensor, ...]) -> "StepResult":
+        """Wait for the step and copy its outputs to the host."""
+        loss, finite, scale, lr = (output.asnumpy() for output in outputs)
+        return cls(float(loss), bool(finite), float(scale), float(lr))
 
 
 class StepClock:
@@ -234,7 +286,8 @@ class Trainer:
     -> divergence check -> :meth:`_report` (log interval) -> :meth:`_evaluate_or_checkpoint` -> fault drill.
     """
 
-    def __init__(self, cfg: Config, ctx: DistContext, net: nn.Cell, num_samples: int) -> None:
+    def __init__(self, cfg: Config, ctx: DistContext, net: nn.Cell, num_samples: int,
+                 device_target: str = "CPU") -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.net = net
@@ -246,15 +299,17 @@ class Trainer:
         self.lr = cosine_lr(tcfg.lr, tcfg.min_lr, self.total_steps)
         self.optimizer = nn.Momentum(net.trainable_params(), learning_rate=ms.Tensor(self.lr),
                                      momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
-        ls = cfg.loss_scale
-        self.scaler = amp.DynamicLossScaler(scale_value=ls.init_loss_scale, scale_factor=ls.scale_factor,
-                                            scale_window=ls.scale_window)
+        self.scaler = build_loss_scaler(cfg.loss_scale)
         loss_fn = SegmentationCrossEntropy(cfg.model.num_classes, cfg.data.ignore_label)
         self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, ctx.size,
-                                       TrainInput.from_config(cfg), jit=cfg.run.mode == "graph")
+                                       TrainInput.from_config(cfg), jit=cfg.run.mode == "graph",
+                                       bucket_mb=cfg.dist.bucket_mb, check_overflow=cfg.loss_scale.type == "dynamic")
+        self.sync_interval = tcfg.sync_interval or tcfg.log_interval
+        self.sink_size = sink_plan(cfg, device_target, self.steps_per_epoch, ctx.distributed)
+        self.sink_run: Optional[Callable[[], Tuple[ms.Tensor, ...]]] = None  # this epoch's sink (see _calls)
         self.checkpoints = CheckpointManager(os.path.join(cfg.run.output_dir, "checkpoints"),
                                              tcfg.keep_checkpoints, cfg.digest())
-        self.guard = DivergenceGuard(tcfg.max_bad_steps)
+        self.guard = DivergenceGuard(tcfg.max_bad_steps, self.step_fn.stats)
         self.step, self.epoch, self.consumed = 0, 0, 0
         self.saved_step: Optional[int] = None
         self.averaged_step: Optional[int] = None  # BatchNorm statistics last averaged over ranks after this step
@@ -323,7 +378,7 @@ class Trainer:
         Every rank calls it: the BatchNorm statistics saved are the mean over ranks. Every rank reports the
         "save" phase: the others wait for rank 0's write in their next collective.
         """
-        if (self.saved_step == self.step or self.guard.bad_steps) and not final:  # keep the last good one
+        if (self.saved_step == self.step or self.guard.in_bad_run()) and not final:  # keep the last good one
             return None
         self.saved_step = self.step
         self.heartbeat.beat("save")
@@ -385,11 +440,13 @@ class Trainer:
             while self.step < self.total_steps:
                 dataset = create_train_dataset(self.cfg, self.ctx.rank, self.ctx.size, self.epoch, self.consumed)
                 self.clock.restart()
-                for images, labels in self._timed_batches(dataset.create_tuple_iterator(num_epochs=1)):
-                    loss_value = self._train_one(images, labels).loss
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{loss_value:.4f}")
-                    signum = stop.agreed(self.ctx)
+                for images, labels in self._calls(dataset):
+                    result = self._train_one(images, labels)
+                    progress.update(self.sink_size or 1)
+                    if result is not None:
+                        loss_value = result.loss
+                        progress.set_postfix(loss=f"{loss_value:.4f}")
+                    signum = stop.agreed(self.ctx) if self._due(self.sync_interval) else None
                     if signum is not None:
                         path = self._save()
                         self._barrier()
@@ -402,6 +459,21 @@ class Trainer:
         self.heartbeat.beat("done")
         return {"steps": self.step, "loss": loss_value, "checkpoint": final_path,
                 "first_step_seconds": self.first_step_seconds}
+
+    def _calls(self, dataset: ds.Dataset) -> Iterator[Tuple[Optional[ms.Tensor], Optional[ms.Tensor]]]:
+        """The rest of this epoch as step calls: ``(images, labels)`` per step, or with a data sink
+        ``(None, None)`` per sink (``self.sink_run`` then runs ``sink_size`` steps on the device's queue)."""
+        if not self.sink_size:
+            yield from self._timed_batches(dataset.create_tuple_iterator(num_epochs=1))
+            return
+        self.sink_run = sink_steps(self.step_fn.sinkable, dataset, self.sink_size)
+        left = steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size)
+        for _ in range(left // self.sink_size):
+            yield None, None
+
+    def _due(self, interval: int) -> bool:
+        """The current step ends an ``interval`` (or the training)."""
+        return bool(interval) and self.step % interval == 0 or self.step == self.total_steps
 
     def _timed_batches(self, batches: Iterator) -> Iterator:
         """The batches of ``batches``; ``self.fetch_seconds`` = how long this rank waited for the last one."""
@@ -418,22 +490,25 @@ class Trainer:
         """Wait for every rank (so none exits while rank 0 is still writing a checkpoint)."""
         sum_across_ranks(np.zeros(1, np.int64), self.ctx)
 
-    def _advance(self) -> None:
-        """Move the training position past one global batch (to the next epoch when it is used up)."""
-        self.step += 1
-        self.consumed += self.global_batch
-        if steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size) == 0:
-            self.epoch, self.consumed = self.epoch + 1, 0
+    def _advance(self, steps: int) -> None:
+        """Move the training position past ``steps`` global batches (to the next epoch when it is used up)."""
+        for _ in range(steps):
+            self.step += 1
+            self.consumed += self.global_batch
+            if steps_in_epoch(self.num_samples, self.consumed, self.cfg.train.batch_size, self.ctx.size) == 0:
+                self.epoch, self.consumed = self.epoch + 1, 0
 
-    def _train_one(self, images: ms.Tensor, labels: ms.Tensor) -> StepResult:
-        """One optimisation step and its bookkeeping: divergence check, report, evaluation or checkpoint, drill.
+    def _train_one(self, images: Optional[ms.Tensor], labels: Optional[ms.Tensor]) -> Optional[StepResult]:
+        """One optimisation step (or sink) and its bookkeeping: divergence check (sync interval), report (log
+        interval), evaluation or checkpoint, drill. Returns the step's outputs if the host read them.
 
         The bookkeeping is not counted in the step times (the clock restarts after it).
         """
         epoch = self.epoch
         result = self._step(images, labels)
-        self.guard.update(self.step, result.loss, result.finite)
-        if self.step % self.cfg.train.log_interval == 0 or self.step == self.total_steps:
+        if self._due(self.sync_interval):
+            self.guard.check(self.step)
+        if self._due(self.cfg.train.log_interval):
             self._report(epoch, result)
         self._evaluate_or_checkpoint()
         self.faults.after_step(self.step)
@@ -441,23 +516,37 @@ class Trainer:
         self.clock.restart()
         return result
 
-    def _step(self, images: ms.Tensor, labels: ms.Tensor) -> StepResult:
-        """Run the next step, advance the position and record its time (compile steps are not counted)."""
+    def _reads_device(self) -> bool:
+        """The host needs this step's outputs: to log, sync, evaluate or checkpoint after it."""
+        tcfg = self.cfg.train
+        return any(self._due(interval) for interval in (tcfg.log_interval, self.sync_interval, tcfg.eval_interval,
+                                                          tcfg.checkpoint_interval))
+
+    def _step(self, images: Optional[ms.Tensor], labels: Optional[ms.Tensor]) -> Optional[StepResult]:
+        """Run the next step (or sink), advance the position and record its time (compile steps are not
+        counted); the outputs are read to the host only where :meth:`_reads_device` (or the timing) needs them.
+
+        Between reads the host does not wait for the device: a step's time is then its share of the interval
+        up to the next read, which waits for every step before it.
+        """
         # The same steps on every rank: the first of each log interval after the compile step (the first
         # such step compiles the halves and is not counted either), and the overflow drill's step.
-        timed = self.stragglers is not None and self.first_step_seconds is not None and \
+        sunk = images is None
+        timed = not sunk and self.stragglers is not None and self.first_step_seconds is not None and \
             self.interval.own_seconds is None
         warmup = timed and not self.halves_compiled
-        drill = self.faults.overflow_drill(self.step + 1)
+        drill = not sunk and self.faults.overflow_drill(self.step + 1)
         self.heartbeat.beat("compile" if self.first_step_seconds is None or warmup else "run")
         own_seconds = None
         if timed or drill:
             outputs, own_seconds = self._halves(images, labels, self.faults.overflows_here(self.step + 1))
         else:
-            outputs = self.step_fn(images, labels)
-        loss, finite, scale, lr = (output.asnumpy() for output in outputs)
-        self._advance()
-        seconds = self.clock.lap()
+            outputs = self.sink_run() if sunk else self.step_fn(images, labels)
+        steps = self.sink_size if sunk else 1
+        self._advance(steps)
+        read = self.first_step_seconds is None or timed or drill or self._reads_device()
+        result = StepResult.read(outputs) if read else None
+        seconds = self.clock.lap() / steps
         if self.first_step_seconds is None:
             self.first_step_seconds = seconds
             LOG.info("first step (graph compile + run) took %.1f s", seconds)
@@ -468,7 +557,7 @@ class Trainer:
             self.interval.seconds.append(seconds)
             if timed:
                 self.interval.own_seconds = own_seconds
-        return StepResult(float(loss), bool(finite), float(scale), float(lr))
+        return result
 
     def _halves(self, images: ms.Tensor, labels: ms.Tensor, overflow: bool) -> Tuple[Tuple[ms.Tensor, ...], float]:
         """The step as its two halves, and this rank's own work: batch fetch + local half, in seconds.
