@@ -307,6 +307,11 @@ class Trainer:
         self.sync_interval = tcfg.sync_interval or tcfg.log_interval
         self.sink_size = sink_plan(cfg, device_target, self.steps_per_epoch, ctx.distributed)
         self.sink_run: Optional[Callable[[], Tuple[ms.Tensor, ...]]] = None  # this epoch's sink (see _calls)
+        # MindSpore's CPU runtime runs steps ~2.5x slower when the host queues the next one before the last
+        # has finished (benchmarks/host_overhead.py): on CPU the host waits for each step, elsewhere it does not.
+        self.wait_each_step = device_target == "CPU"
+        LOG.info("host reads the device every %d step(s) (train.sync_interval); %s", self.sync_interval,
+                 "waits for each step (CPU)" if self.wait_each_step else "does not wait for the steps in between")
         self.checkpoints = CheckpointManager(os.path.join(cfg.run.output_dir, "checkpoints"),
                                              tcfg.keep_checkpoints, cfg.digest())
         self.guard = DivergenceGuard(tcfg.max_bad_steps, self.step_fn.stats)
@@ -546,6 +551,8 @@ class Trainer:
         self._advance(steps)
         read = self.first_step_seconds is None or timed or drill or self._reads_device()
         result = StepResult.read(outputs) if read else None
+        if result is None and self.wait_each_step:
+            outputs[0].asnumpy()
         seconds = self.clock.lap() / steps
         if self.first_step_seconds is None:
             self.first_step_seconds = seconds
