@@ -38,4 +38,4 @@ def build_loss_scaler(cfg: LossScaleConfig) -> LossScaler:
     if cfg.type == "fixed":
         return FixedLossScaler(cfg.init_loss_scale)
     return amp.DynamicLossScaler(scale_value=cfg.init_loss_scale, scale_factor=cfg.scale_factor,
-                             scale_window=cfg.scale_window)
+                                 scale_window=cfg.scale_window)

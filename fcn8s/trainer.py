@@ -38,7 +38,7 @@ from fcn8s.grad_buckets import gradient_reducer
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
-from fcn8s.loss_scale import LossScaler, build_loss_scaler
+from fcn8s.loss_scale import FixedLossScaler, LossScaler, build_loss_scaler
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
 from fcn8s.sink import sink_plan, sink_steps
@@ -119,18 +119,19 @@ class TrainStep:
 
 
 def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, scaler: LossScaler,
-                    ranks: int = 1, prepare: Callable = _as_is, jit: bool = True, bucket_mb: float = 0.0,
-                    check_overflow: bool = True) -> TrainStep:
+                    ranks: int = 1, prepare: Callable = _as_is, jit: bool = True, bucket_mb: float = 0.0
+                    ) -> TrainStep:
     """Build the :class:`TrainStep` ``step(images, labels) -> (loss, finite, loss_scale, lr)`` for one of
     ``ranks`` data-parallel ranks.
 
     Gradients are averaged over the ranks: summed in all-reduce buckets of ``bucket_mb``
     (:mod:`fcn8s.grad_buckets`; 0 = one bucket), then multiplied by 1 / (loss scale x ranks): the unscale and
-    the mean in one pass. Each rank's gradient is that of its own mean loss over its valid pixels, as in PyTorch's DDP. With ``check_overflow``
-    (dynamic loss scaling) the update is skipped when any rank sees an overflow (a non-finite loss or mean
-    gradient): the flag is all-reduced, as in MindSpore's ``TrainOneStepWithLossScaleCell``, because on Ascend
-    910A ``amp.all_finite`` reads the device's own float status, which may differ between ranks. Without it
-    (a fixed scale, the zoo's recipe) every update is applied and ``finite`` is the loss's on every rank.
+    the mean in one pass. Each rank's gradient is that of its own mean loss over its valid pixels, as in
+    PyTorch's DDP. With a dynamic ``scaler`` the update is skipped when any rank sees an overflow (a non-finite
+    loss or mean gradient): the flag is all-reduced, as in MindSpore's ``TrainOneStepWithLossScaleCell``,
+    because on Ascend 910A ``amp.all_finite`` reads the device's own float status, which may differ between
+    ranks. With a :class:`FixedLossScaler` (the zoo's recipe) there is no overflow check: every update is
+    applied and ``finite`` is the loss's on every rank.
     ``lr`` is the rate the optimizer applies (read in the graph); a skipped step still moves the optimizer's
     schedule position on, so that position is the training step. ``prepare`` turns the pipeline's batch into
     network input and loss targets inside the graph (the trainer passes :class:`TrainInput`, which normalises
@@ -141,6 +142,7 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
     one_step = ms.Tensor([1], optimizer.global_step.dtype)
     times = ops.HyperMap()
     stats = StepStats()
+    check_overflow = not isinstance(scaler, FixedLossScaler)
 
     def forward(images: ms.Tensor, labels: ms.Tensor) -> ms.Tensor:
         return scaler.scale(loss_fn(net(images), labels))
@@ -303,7 +305,7 @@ class Trainer:
         loss_fn = SegmentationCrossEntropy(cfg.model.num_classes, cfg.data.ignore_label)
         self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, ctx.size,
                                        TrainInput.from_config(cfg), jit=cfg.run.mode == "graph",
-                                       bucket_mb=cfg.dist.bucket_mb, check_overflow=cfg.loss_scale.type == "dynamic")
+                                       bucket_mb=cfg.dist.bucket_mb)
         self.sync_interval = tcfg.sync_interval or tcfg.log_interval
         self.sink_size = sink_plan(cfg, device_target, self.steps_per_epoch, ctx.distributed)
         self.sink_run: Optional[Callable[[], Tuple[ms.Tensor, ...]]] = None  # this epoch's sink (see _calls)
@@ -531,8 +533,8 @@ class Trainer:
         """Run the next step (or sink), advance the position and record its time (compile steps are not
         counted); the outputs are read to the host only where :meth:`_reads_device` (or the timing) needs them.
 
-        Between reads the host does not wait for the device: a step's time is then its share of the interval
-        up to the next read, which waits for every step before it.
+        Between reads the host does not wait for the device (except on CPU, see ``wait_each_step``): a step's
+        time is then its share of the interval up to the next read, which waits for every step before it.
         """
         # The same steps on every rank: the first of each log interval after the compile step (the first
         # such step compiles the halves and is not counted either), and the overflow drill's step.
