@@ -150,6 +150,11 @@ class DistConfig:
     # (fcn8s/grad_buckets.py), so the last layers' buckets go out while the backward pass still runs; 0 = one
     # bucket after the whole backward pass. 25 MB is PyTorch DDP's default bucket_cap_mb (docs/performance.md).
     bucket_mb: float = field(default=25.0, metadata=_range(0.0, 4096.0))
+    # Whether the backend fuses the AllReduce ops of a bucket into one (MindSpore's comm_fusion). auto =
+    # fused on Ascend and GPU; unfused on CPU, where MindSpore 2.10's AllReduce kernel sums the fused inputs as one
+    # contiguous buffer, which they are not (wrong gradients, measured). 'fused' on CPU only to inspect
+    # the fused graph (docs/performance.md).
+    comm_fusion: str = field(default="auto", metadata=_choices("auto", "fused", "unfused"))
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,26 @@ ready first); the AllReduce ops of one bucket are fused into one by the backend.
 only on its own gradients, so it can run while the backward pass of the earlier layers still computes: with
 one bucket (``bucket_mb: 0``, MindSpore's default fusion) nothing is sent until the whole backward pass is
 done. The sum is elementwise, so the result does not depend on the bucketing.
+
+MindSpore's kernel-by-kernel backends (CPU; Ascend at ``jit_level`` O0/O1; GPU) run their AllReduce fusion
+pass only when ``comm_fusion`` is enabled in the parallel context, which it is not by default: without
+:func:`set_backend_fusion` every gradient would be its own AllReduce whatever its fusion id.
 """
 from __future__ import annotations
 
+import logging
 from typing import List, Sequence
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+LOG = logging.getLogger(__name__)
+
 MB = 1 << 20
+# MindSpore's data-parallel fusion pass also splits each fusion id's group at its size threshold (in units of
+# at least 256 KB): at 4096 units no group of FCN-8s's 538 MB of gradients is split, so the buckets decide.
+NO_SPLIT_THRESHOLD = 4096
 
 
 def plan_buckets(sizes: Sequence[int], bucket_bytes: int) -> List[List[int]]:
@@ -41,9 +51,8 @@ def assign_buckets(parameters: Sequence[ms.Parameter], bucket_mb: float) -> int:
     """Give each parameter the fusion id of its bucket (``Parameter.comm_fusion``, 1 = the first bucket
     filled); returns the number of buckets.
 
-    ``nn.DistributedGradReducer`` puts the id on the gradient's AllReduce and the Ascend and GPU backends fuse
-    the AllReduce ops of one id into one, on a contiguous buffer; MindSpore's CPU backend does not fuse (each
-    gradient is its own AllReduce there).
+    ``nn.DistributedGradReducer`` puts the id on the gradient's AllReduce; with :func:`set_backend_fusion` on,
+    the backend fuses the AllReduce ops of one id into one, on a contiguous buffer.
     """
     sizes = [4 * int(np.prod(p.shape, dtype=np.int64)) for p in parameters]  # float32 on the wire
     buckets = plan_buckets(sizes, int(bucket_mb * MB))
@@ -55,5 +64,27 @@ def assign_buckets(parameters: Sequence[ms.Parameter], bucket_mb: float) -> int:
 
 def gradient_reducer(parameters: Sequence[ms.Parameter], ranks: int, bucket_mb: float) -> nn.Cell:
     """``reducer(grads) -> grads summed over the ranks`` in the buckets of :func:`assign_buckets`."""
-    assign_buckets(parameters, bucket_mb)
+    count = assign_buckets(parameters, bucket_mb)
+    LOG.info("gradients are all-reduced in %d bucket(s) (dist.bucket_mb %g)", count, bucket_mb)
     return nn.DistributedGradReducer(parameters, mean=False, degree=ranks)
+
+
+def set_backend_fusion(mode: str, device_target: str) -> bool:
+    """Turn MindSpore's AllReduce fusion on or off for this process (``dist.comm_fusion``); returns whether on.
+
+    ``auto`` is fused on Ascend and GPU, unfused on CPU: there MindSpore 2.10's AllReduce kernel reduces the fused
+    inputs as one buffer from the first input's address, and the inputs are not contiguous on CPU (a 2-rank
+    job trained with it ends with other weights than unfused; with larger buckets the kernel fails,
+    "RingAllReduce Memcpy error"). ``fused`` on CPU compiles the fused graph but its gradients are wrong.
+    """
+    fused = device_target != "CPU" if mode == "auto" else mode == "fused"
+    LOG.info("AllReduce fusion of each bucket: %s (dist.comm_fusion %s, %s)", "on" if fused else "off", mode,
+             device_target)
+    if fused:
+        ms.set_auto_parallel_context(comm_fusion={"allreduce": {"mode": "size", "config": NO_SPLIT_THRESHOLD}})
+        if device_target == "CPU":
+            LOG.warning("dist.comm_fusion=fused on CPU: MindSpore's CPU AllReduce kernel sums fused buckets "
+                        "wrongly; use it to inspect the compiled graph only")
+    else:
+        ms.set_auto_parallel_context(comm_fusion={"openstate": False})
+    return fused

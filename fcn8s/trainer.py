@@ -34,7 +34,7 @@ from fcn8s.distributed import DistContext, float_sum_across_ranks, gather_floats
 from fcn8s.errors import UserError
 from fcn8s.evaluation import class_names, evaluate
 from fcn8s.faults import FaultInjector
-from fcn8s.grad_buckets import gradient_reducer
+from fcn8s.grad_buckets import gradient_reducer, set_backend_fusion
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
@@ -303,6 +303,8 @@ class Trainer:
                                      momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
         self.scaler = build_loss_scaler(cfg.loss_scale)
         loss_fn = SegmentationCrossEntropy(cfg.model.num_classes, cfg.data.ignore_label)
+        if ctx.size > 1:
+            set_backend_fusion(cfg.dist.comm_fusion, device_target)
         self.step_fn = make_train_step(net, loss_fn, self.optimizer, self.scaler, ctx.size,
                                        TrainInput.from_config(cfg), jit=cfg.run.mode == "graph",
                                        bucket_mb=cfg.dist.bucket_mb)

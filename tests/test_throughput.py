@@ -16,7 +16,7 @@ import mindspore.nn as nn
 
 from fcn8s.config import ConfigError, load_config
 from fcn8s.errors import UserError
-from fcn8s.grad_buckets import MB, assign_buckets, plan_buckets
+from fcn8s.grad_buckets import MB, assign_buckets, plan_buckets, set_backend_fusion
 from fcn8s.loss_scale import FixedLossScaler, build_loss_scaler
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.sink import sink_plan
@@ -29,6 +29,21 @@ def test_buckets_fill_in_backward_order_and_a_large_gradient_is_a_bucket_of_its_
     assert plan_buckets(sizes, 25) == [[5, 4], [3], [2], [1, 0]]
     assert plan_buckets(sizes, 0) == [[5, 4, 3, 2, 1, 0]]  # 0: one bucket
     assert plan_buckets(sizes, 1000) == [[5, 4, 3, 2, 1, 0]]
+
+
+@pytest.mark.parametrize("mode, device, fused", [("auto", "Ascend", True), ("auto", "GPU", True),
+                                                  ("auto", "CPU", False), ("fused", "CPU", True),
+                                                  ("unfused", "Ascend", False)])
+def test_backend_fusion_is_on_for_accelerators_and_off_on_cpu_unless_asked(mode, device, fused):
+    """MindSpore's kernel-by-kernel backends run their AllReduce fusion pass only with comm_fusion enabled in
+    the parallel context (off by default): ``auto`` enables it on Ascend and GPU."""
+    from mindspore.parallel._auto_parallel_context import auto_parallel_context
+
+    try:
+        assert set_backend_fusion(mode, device) is fused
+        assert auto_parallel_context().get_enable_all_reduce_fusion() is fused
+    finally:
+        ms.reset_auto_parallel_context()
 
 
 @HEAVY
@@ -155,43 +170,55 @@ def test_the_host_reads_the_device_only_at_log_steps_and_the_sink_loop_trains_th
     assert "data sink: 2 steps per call" in result.stderr and "data sink: off" in result.stderr
 
 
-def _allreduce_fusion_ids(ir_dir):
-    """Fusion id of every AllReduce in rank 0's compiled train-step graph (the graph before kernel launch)."""
+def _compiled_allreduces(ir_dir):
+    """(fusion id, number of inputs) of every AllReduce in rank 0's compiled train-step graph (the graph the
+    kernels are built from, after the backend's fusion pass)."""
     graphs = [path for path in glob.glob(os.path.join(ir_dir, "rank_0", "graph_build_*.ir"))
-              if "AllReduce" in open(path, encoding="utf-8").read()]
+              if "= AllReduce(" in open(path, encoding="utf-8").read()]
     assert len(graphs) == 1, graphs
     text = open(graphs[0], encoding="utf-8").read()
-    return [int(fusion) for fusion in re.findall(r"AllReduce\(.*?fusion: I64\((\d+)\)", text)]
+    return [(int(fusion), len(inputs.split(",")))
+            for inputs, fusion in re.findall(r"= AllReduce\(([^)]*)\).*?fusion: I64\((\d+)\)", text)]
+
+
+def _two_rank_job(tmp_path, mindrecord_dir, name, *overrides, env=None):
+    """Run a 2-rank small-network job; return its final weights (the checkpoint is deleted) and rank 0's log."""
+    out, logs = tmp_path / f"out_{name}", tmp_path / f"logs_{name}"
+    result = subprocess.run(["bash", "launch/run_distribute.sh", "2", "configs/cpu_smoke.yaml",
+                             f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}", "train.max_steps=3",
+                             "train.log_interval=1", "train.batch_size=2", "run.tensorboard=false", *SMALL_NETWORK,
+                             *overrides],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "LOG_DIR": str(logs), **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = os.path.join(out, "checkpoints", "fcn8s-final.ckpt")
+    weights = {name: p.asnumpy() for name, p in ms.load_checkpoint(path).items()}
+    os.remove(path)
+    return weights, "".join(open(log, encoding="utf-8").read() for log in glob.glob(str(logs / "rank_0.log")))
 
 
 @pytest.mark.slow
-def test_bucketed_gradients_carry_their_bucket_in_the_compiled_graph_and_train_as_one_bucket(mindrecord_dir,
-                                                                                             tmp_path):
-    """Two 2-rank jobs: one bucket (dist.bucket_mb=0) and 1 MB buckets with MindSpore's IR dump. The compiled
-    graph has one AllReduce per gradient, each with its bucket's fusion id (what the Ascend backend fuses on),
-    plus the overflow flag's; the final weights are those of the one-bucket job."""
+def test_bucketed_gradients_fuse_to_one_allreduce_per_bucket_and_train_as_one_bucket(mindrecord_dir, tmp_path):
+    """Three 2-rank jobs. With ``dist.comm_fusion=fused`` and 1 MB buckets the compiled graph (MindSpore's IR
+    dump) has one AllReduce per bucket, holding exactly that bucket's gradients, plus the overflow flag's. On
+    CPU fusion is off by default (its AllReduce kernel sums fused buckets wrongly), and 1 MB buckets end with
+    the weights of one bucket (``dist.bucket_mb=0``) within 1e-6."""
     from fcn8s.model import FCN8s
 
-    expected = assign_buckets(FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS).trainable_params(), 1.0)
-    weights = {}
-    for bucket_mb in (0, 1):
-        out, logs, ir_dir = tmp_path / f"out{bucket_mb}", tmp_path / f"logs{bucket_mb}", tmp_path / f"ir{bucket_mb}"
-        env = {**os.environ, "LOG_DIR": str(logs)}
-        if bucket_mb:
-            env.update(MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=str(ir_dir))
-        result = subprocess.run(["bash", "launch/run_distribute.sh", "2", "configs/cpu_smoke.yaml",
-                                 f"data.mindrecord_dir={mindrecord_dir}", f"run.output_dir={out}", "train.max_steps=3",
-                                 "train.log_interval=1", "train.batch_size=2", f"dist.bucket_mb={bucket_mb}",
-                                 "run.tensorboard=false", *SMALL_NETWORK],
-                                cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        path = os.path.join(out, "checkpoints", "fcn8s-final.ckpt")
-        weights[bucket_mb] = {name: p.asnumpy() for name, p in ms.load_checkpoint(path).items()}
-        os.remove(path)
-    fusion = _allreduce_fusion_ids(str(tmp_path / "ir1"))
-    gradient_buckets = sorted(set(fusion) - {0})
-    assert gradient_buckets == list(range(1, expected + 1)) and expected > 3
-    assert len(fusion) == len(FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS).trainable_params()) + 1
-    assert weights[0].keys() == weights[1].keys()
-    worst = max(float(np.max(np.abs(weights[0][name] - weights[1][name]))) for name in weights[0])
+    params = FCN8s(21, "matmul", fc_channels=SMALL_FC_CHANNELS).trainable_params()
+    expected = assign_buckets(params, 1.0)
+    sizes = {fusion_id: 0 for fusion_id in range(1, expected + 1)}
+    for param in params:
+        sizes[param.comm_fusion] += 1
+    _, fused_log = _two_rank_job(tmp_path, mindrecord_dir, "fused", "dist.bucket_mb=1", "dist.comm_fusion=fused",
+                                 "train.max_steps=1", env={"MS_DEV_SAVE_GRAPHS": "1",
+                                                           "MS_DEV_SAVE_GRAPHS_PATH": str(tmp_path / "ir")})
+    assert "AllReduce fusion of each bucket: on (dist.comm_fusion fused, CPU)" in fused_log
+    assert sorted(_compiled_allreduces(str(tmp_path / "ir"))) == [(0, 1)] + sorted(sizes.items()) and expected > 3
+    one, one_log = _two_rank_job(tmp_path, mindrecord_dir, "one", "dist.bucket_mb=0")
+    buckets, buckets_log = _two_rank_job(tmp_path, mindrecord_dir, "buckets", "dist.bucket_mb=1")
+    assert "AllReduce fusion of each bucket: off (dist.comm_fusion auto, CPU)" in buckets_log
+    assert f"all-reduced in {expected} bucket(s)" in buckets_log and "all-reduced in 1 bucket(s)" in one_log
+    assert one.keys() == buckets.keys()
+    worst = max(float(np.max(np.abs(one[name] - buckets[name]))) for name in one)
     assert worst <= 1e-6, worst
