@@ -51,19 +51,24 @@ def child_step(args: argparse.Namespace) -> Dict[str, object]:
     import numpy as np
 
     import mindspore as ms
-    import mindspore.nn as nn
     from mindspore import amp
 
+    from fcn8s.loss_scale import FixedLossScaler
     from fcn8s.losses import SegmentationCrossEntropy
     from fcn8s.model import FCN8s
+    from fcn8s.optimizer import UnitMomentum, gradient_unit
     from fcn8s.trainer import make_train_step
 
     _set_context(args)
     ms.set_seed(0)
     net = FCN8s(NUM_CLASSES, conv_impl=args.impl)
     net.set_train(True)
-    optimizer = nn.Momentum(net.trainable_params(), learning_rate=1e-3, momentum=0.9, weight_decay=1e-4)
-    scaler = amp.DynamicLossScaler(scale_value=1024.0, scale_factor=2, scale_window=1000)
+    if args.loss_scale == "fixed":
+        scaler = FixedLossScaler(1024.0)
+    else:
+        scaler = amp.DynamicLossScaler(scale_value=1024.0, scale_factor=2, scale_window=1000)
+    unit = gradient_unit(scaler, 1) if args.optimizer_unit == "gradients" else 1.0
+    optimizer = UnitMomentum(net.trainable_params(), np.full(100_000, 1e-3, np.float32), 0.9, 1e-4, unit)
     loss_fn = SegmentationCrossEntropy(NUM_CLASSES, ignore_label=255)
     step = make_train_step(net, loss_fn, optimizer, scaler, jit=args.mode == "graph")
 
@@ -239,6 +244,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--kind", choices=["step", "calib"], default="step", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["conv", "matmul"], default="matmul", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--loss-scale", choices=["dynamic", "fixed"], default="dynamic", help=argparse.SUPPRESS)
+    # the optimizer's unit: "mean" = the step unscales the gradients; "gradients" = the trainer's (fixed scale:
+    # the optimizer takes them as summed, fcn8s/optimizer.py)
+    parser.add_argument("--optimizer-unit", choices=["mean", "gradients"], default="mean", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:

@@ -20,12 +20,14 @@ from mindspore import amp
 
 from fcn8s.data.mindrecord import sha256_file
 from fcn8s.errors import UserError
+from fcn8s.loss_scale import FixedLossScaler
 
 LOG = logging.getLogger(__name__)
 PREFIX = "fcn8s"
 TEMP_PREFIX = ".tmp-"  # + writer pid + "-" + final name, renamed when complete
 LOSS_SCALE = "loss_scale"
 LOSS_SCALE_COUNTER = "loss_scale_counter"
+MOMENT_UNIT = "moment_unit"  # the optimizer's gradient unit (fcn8s/optimizer.py); absent in older files: 1
 
 
 def sidecar_path(ckpt_path: str) -> str:
@@ -142,12 +144,13 @@ def read_sidecar(ckpt_path: str) -> Optional[Dict[str, object]]:
 
 
 def training_state(net: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLossScaler) -> List[Dict[str, object]]:
-    """Everything needed to continue training: network, momentum, loss scaler.
+    """Everything needed to continue training: network, momentum (and its unit), loss scaler.
 
     The optimiser's schedule position is not saved: it is the training step (the sidecar's ``step``).
     """
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in optimizer.moments]
+    params.append({"name": MOMENT_UNIT, "data": ms.Tensor(getattr(optimizer, "unit", 1.0), ms.float32)})
     params.append({"name": LOSS_SCALE, "data": scaler.scale_value})
     params.append({"name": LOSS_SCALE_COUNTER, "data": scaler.counter})
     return params
@@ -192,6 +195,8 @@ def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
     schedule position becomes the checkpoint's training step (older files also hold a ``global_step``,
     which lagged behind after skipped updates; it is ignored).
 
+    The momentum is converted to the optimizer's gradient unit if the file's differs (another loss scale
+    type, scale or number of ranks); a fixed loss scale stays the configured one.
     Verifies the file against its sidecar's sha256 first; returns the sidecar (step, epoch, ...).
     """
     if not os.path.isfile(path):
@@ -203,12 +208,19 @@ def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
     if sha256_file(path) != meta["sha256"]:
         raise UserError(f"{path}: corrupt checkpoint (its sha256 differs from the one recorded in its sidecar)")
     params = read_checkpoint(path)
-    state = {p.name: p for p in optimizer.moments}
-    state.update({LOSS_SCALE: scaler.scale_value, LOSS_SCALE_COUNTER: scaler.counter})
+    moments = {p.name: p for p in optimizer.moments}
+    scaler_state = {LOSS_SCALE_COUNTER: scaler.counter}
+    if not isinstance(scaler, FixedLossScaler):
+        scaler_state[LOSS_SCALE] = scaler.scale_value
     _require(path, params, net.parameters_dict(), "network")
-    _require(path, params, state, "optimizer/loss-scale")
+    _require(path, params, {**moments, **scaler_state}, "optimizer/loss-scale")
     ms.load_param_into_net(net, {name: params[name] for name in net.parameters_dict()}, strict_load=True)
-    for name, param in state.items():
+    saved_unit = float(params[MOMENT_UNIT].asnumpy()) if MOMENT_UNIT in params else 1.0
+    to_unit = getattr(optimizer, "unit", 1.0) / saved_unit
+    for name, param in moments.items():
+        value = params[name].asnumpy()
+        param.set_data(ms.Tensor(value if to_unit == 1.0 else value * to_unit, param.dtype))
+    for name, param in scaler_state.items():
         param.set_data(ms.Tensor(params[name].asnumpy(), param.dtype))
     optimizer.global_step.set_data(ms.Tensor([int(meta["step"])], optimizer.global_step.dtype))
     return meta
