@@ -59,6 +59,9 @@ from fcn8s.watchdog import (DEFAULT_FIRST_STEP_TIMEOUT, DEFAULT_HANG_TIMEOUT, Ha
                             heartbeat_path)
 
 LOG = logging.getLogger("fcn8s.launch")
+# After a failure (or at the end, for the scheduler) what is left gets SIGTERM, then SIGKILL after this grace.
+# Ranks blocked in a collective with a dead peer cannot act on it: they wait it out.
+STOP_GRACE_ENV = "FCN8S_STOP_GRACE_SECONDS"
 STOP_GRACE_SECONDS = 10.0
 # On SIGTERM/SIGINT ranks finish their step and rank 0 saves a checkpoint before exiting.
 SIGNAL_GRACE_ENV = "FCN8S_SIGNAL_GRACE_SECONDS"
@@ -95,6 +98,7 @@ class RankProcesses:
     def __init__(self) -> None:
         self.workers: Dict[int, subprocess.Popen] = {}
         self.scheduler: Optional[subprocess.Popen] = None
+        self.stop_grace = seconds_from_env(STOP_GRACE_ENV, STOP_GRACE_SECONDS)
 
     def all(self) -> List[subprocess.Popen]:
         return list(self.workers.values()) + ([self.scheduler] if self.scheduler else [])
@@ -108,9 +112,9 @@ class RankProcesses:
                     pass
 
     def stop(self) -> None:
-        """SIGTERM every process group, then SIGKILL what is left after the grace period."""
+        """SIGTERM every process group, then SIGKILL what is left after ``FCN8S_STOP_GRACE_SECONDS``."""
         self.signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        deadline = time.monotonic() + self.stop_grace
         while time.monotonic() < deadline and any(p.poll() is None for p in self.all()):
             time.sleep(0.1)
         self.signal_all(signal.SIGKILL)
@@ -275,11 +279,15 @@ class LogTail:
                 print(line, flush=True)
 
 
-def signal_grace_seconds() -> float:
+def seconds_from_env(name: str, default: float) -> float:
+    """A number of seconds from the environment variable ``name`` (``default`` when unset)."""
     try:
-        return float(os.environ.get(SIGNAL_GRACE_ENV, SIGNAL_GRACE_SECONDS))
+        seconds = float(os.environ.get(name, default))
     except ValueError:
-        raise UserError(f"{SIGNAL_GRACE_ENV} must be a number of seconds") from None
+        raise UserError(f"{name} must be a number of seconds") from None
+    if seconds < 0:
+        raise UserError(f"{name} must be a number of seconds, not negative")
+    return seconds
 
 
 class SignalForwarder:
@@ -321,7 +329,7 @@ def supervise(procs: RankProcesses, tail: LogTail, signals: SignalForwarder,
     stragglers are stopped after FCN8S_SIGNAL_GRACE_SECONDS (or at once on a second signal), and
     the verdict's code is 128 + the signal number.
     """
-    grace = signal_grace_seconds()
+    grace = seconds_from_env(SIGNAL_GRACE_ENV, SIGNAL_GRACE_SECONDS)
     signals.procs = procs
     steps = watchdog.last_steps if watchdog else dict
     while True:

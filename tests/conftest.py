@@ -27,6 +27,10 @@ PYTHON = sys.executable
 # the step's two halves as a second graph, a 3-step 2-rank job's CPU 31 s -> 19.5 s; test_stragglers turns it on.
 SMALL_FC_CHANNELS = 16
 SMALL_NETWORK = (f"model.fc_channels={SMALL_FC_CHANNELS}", "data.crop_size=32", "train.straggler_intervals=0")
+# After a rank fails, the survivors (blocked in a collective with the dead one) wait out the launcher's stop grace
+# before SIGKILL: 10 s in production, 2 s in the suite's jobs (~25 failure stops; stopping after the grace is
+# tested on its own in test_restart). The signal grace keeps its default.
+os.environ.setdefault("FCN8S_STOP_GRACE_SECONDS", "2")
 
 
 def run_module(module, *args, timeout=900, env=None, check=False):

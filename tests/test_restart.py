@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from fcn8s.launch import LogTail, SignalForwarder, decide
+from fcn8s.errors import UserError
+from fcn8s.launch import STOP_GRACE_ENV, LogTail, RankProcesses, SignalForwarder, decide
 from fcn8s.rendezvous import Verdict
 from fcn8s.restarts import RestartPolicy, restart_arguments
 from fcn8s.watchdog import heartbeat_path
@@ -49,6 +50,26 @@ def test_backoff_doubles_up_to_a_cap_and_restarts_resume():
     args = ["--config", "c.yaml", "train.max_steps=3"]
     assert restart_arguments(args) == ["--resume", "auto", *args]
     assert restart_arguments(["--resume", "/ckpt/a.ckpt"])[-2:] == ["--resume", "/ckpt/a.ckpt"]  # the user's wins
+
+
+@pytest.mark.parametrize("grace", [1.0, 3.0])
+def test_stopping_kills_what_ignores_sigterm_after_the_grace(monkeypatch, grace):
+    """A rank blocked in a collective with a dead peer does not act on SIGTERM: it is killed once the grace
+    (``FCN8S_STOP_GRACE_SECONDS``, default 10) is over, not before."""
+    monkeypatch.setenv(STOP_GRACE_ENV, str(grace))
+    procs = RankProcesses()
+    procs.workers[0] = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 60"], start_new_session=True)
+    time.sleep(0.3)  # the trap is set
+    started = time.monotonic()
+    procs.stop()
+    assert procs.workers[0].returncode == -signal.SIGKILL
+    assert grace <= time.monotonic() - started < grace + 1.5
+
+
+def test_a_bad_stop_grace_is_a_user_error(monkeypatch):
+    monkeypatch.setenv(STOP_GRACE_ENV, "soon")
+    with pytest.raises(UserError, match=STOP_GRACE_ENV):
+        RankProcesses()
 
 
 def test_a_single_server_decides_alone_and_a_signal_ends_the_job(caplog):
