@@ -21,6 +21,7 @@ from mindspore import amp
 from fcn8s.data.mindrecord import sha256_file
 from fcn8s.errors import UserError
 from fcn8s.loss_scale import FixedLossScaler
+from fcn8s.optimizer import optimizer_unit
 
 LOG = logging.getLogger(__name__)
 PREFIX = "fcn8s"
@@ -150,7 +151,7 @@ def training_state(net: nn.Cell, optimizer: nn.Optimizer, scaler: amp.DynamicLos
     """
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in optimizer.moments]
-    params.append({"name": MOMENT_UNIT, "data": ms.Tensor(getattr(optimizer, "unit", 1.0), ms.float32)})
+    params.append({"name": MOMENT_UNIT, "data": ms.Tensor(optimizer_unit(optimizer), ms.float32)})
     params.append({"name": LOSS_SCALE, "data": scaler.scale_value})
     params.append({"name": LOSS_SCALE_COUNTER, "data": scaler.counter})
     return params
@@ -216,7 +217,7 @@ def restore_training_state(path: str, net: nn.Cell, optimizer: nn.Optimizer,
     _require(path, params, {**moments, **scaler_state}, "optimizer/loss-scale")
     ms.load_param_into_net(net, {name: params[name] for name in net.parameters_dict()}, strict_load=True)
     saved_unit = float(params[MOMENT_UNIT].asnumpy()) if MOMENT_UNIT in params else 1.0
-    to_unit = getattr(optimizer, "unit", 1.0) / saved_unit
+    to_unit = optimizer_unit(optimizer) / saved_unit
     for name, param in moments.items():
         value = params[name].asnumpy()
         param.set_data(ms.Tensor(value if to_unit == 1.0 else value * to_unit, param.dtype))

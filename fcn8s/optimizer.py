@@ -24,6 +24,11 @@ def gradient_unit(scaler: LossScaler, ranks: int) -> float:
     return 1.0
 
 
+def optimizer_unit(optimizer: nn.Optimizer) -> float:
+    """The gradient unit ``optimizer`` works in: a :class:`UnitMomentum`'s, 1 for any other optimizer."""
+    return getattr(optimizer, "unit", 1.0)
+
+
 class UnitMomentum(nn.Momentum):
     """``nn.Momentum(lr, momentum, weight_decay)`` on gradients ``unit`` times the mean gradient."""
 

@@ -38,7 +38,7 @@ from fcn8s.grad_buckets import gradient_reducer, set_backend_fusion
 from fcn8s.heartbeat import Heartbeat
 from fcn8s.inference import Predictor
 from fcn8s.metrics import summarize
-from fcn8s.optimizer import UnitMomentum, gradient_unit
+from fcn8s.optimizer import UnitMomentum, gradient_unit, optimizer_unit
 from fcn8s.loss_scale import FixedLossScaler, LossScaler, build_loss_scaler
 from fcn8s.losses import SegmentationCrossEntropy
 from fcn8s.preemption import StopRequest, TrainingInterrupted
@@ -127,19 +127,20 @@ def make_train_step(net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, sca
 
     Gradients are averaged over the ranks: summed in all-reduce buckets of ``bucket_mb``
     (:mod:`fcn8s.grad_buckets`; 0 = one bucket), then multiplied by 1 / (loss scale x ranks): the unscale and
-    the mean in one pass. With a fixed scale and an optimizer in that unit (:class:`fcn8s.optimizer.UnitMomentum`
-    of :func:`fcn8s.optimizer.gradient_unit`, the trainer's) not even that: the optimizer takes the sums. Each rank's gradient is that of its own mean loss over its valid pixels, as in
-    PyTorch's DDP. With a dynamic ``scaler`` the update is skipped when any rank sees an overflow (a non-finite
-    loss or mean gradient): the flag is all-reduced, as in MindSpore's ``TrainOneStepWithLossScaleCell``,
-    because on Ascend 910A ``amp.all_finite`` reads the device's own float status, which may differ between
-    ranks. With a :class:`FixedLossScaler` (the zoo's recipe) there is no overflow check: every update is
-    applied and ``finite`` is the loss's on every rank.
-    ``lr`` is the rate the optimizer applies to the mean gradient (read in the graph); a skipped step still moves the optimizer's
-    schedule position on, so that position is the training step. ``prepare`` turns the pipeline's batch into
-    network input and loss targets inside the graph (the trainer passes :class:`TrainInput`, which normalises
-    the pipeline's uint8 crops).
+    the mean in one pass. With a fixed scale and an optimizer in that unit (the trainer's
+    :class:`fcn8s.optimizer.UnitMomentum` of :func:`fcn8s.optimizer.gradient_unit`) not even that: the optimizer
+    takes the sums. Each rank's gradient is that of its own mean loss over its valid pixels, as in PyTorch's DDP.
+    With a dynamic ``scaler`` the update is skipped when any rank sees an overflow (a non-finite loss or mean
+    gradient): the flag is all-reduced, as in MindSpore's ``TrainOneStepWithLossScaleCell``, because on Ascend
+    910A ``amp.all_finite`` reads the device's own float status, which may differ between ranks. With a
+    :class:`FixedLossScaler` (the zoo's recipe) there is no overflow check: every update is applied and
+    ``finite`` is the loss's on every rank.
+    ``lr`` is the rate the optimizer applies to the mean gradient (read in the graph); a skipped step still moves
+    the optimizer's schedule position on, so that position is the training step. ``prepare`` turns the
+    pipeline's batch into network input and loss targets inside the graph (the trainer passes
+    :class:`TrainInput`, which normalises the pipeline's uint8 crops).
     """
-    unit = getattr(optimizer, "unit", 1.0)  # the optimizer takes gradients in this unit (fcn8s/optimizer.py)
+    unit = optimizer_unit(optimizer)
     in_unit = isinstance(scaler, FixedLossScaler) and unit == gradient_unit(scaler, ranks)  # the sums already are
     sum_grads = gradient_reducer(optimizer.parameters, ranks, bucket_mb) if ranks > 1 else _no_reduction
     sum_flags = ops.AllReduce() if ranks > 1 else None
