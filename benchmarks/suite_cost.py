@@ -3,8 +3,12 @@
 Clones the committed HEAD of this repository (or ``--ref``) into a scratch directory, creates its
 ``.venv`` (timed apart: ``make install``), then runs ``bash .ci/run`` (the README's test command)
 while sampling the disk in use on the filesystems of the clone, pytest's temp root and podman's
-storage every ``--every`` seconds. Prints the figures against the targets of issue 15 and pytest's
-``--durations`` table. Run as root for the Slurm and podman tests, as CI does.
+storage every ``--every`` seconds, and the machine's CPU time over the run (``/proc/stat``: every
+process counts, also Slurm's job steps and the containers, which pytest does not see). Prints the
+figures against the targets of issue 15 and pytest's ``--durations`` table. The CPU figure bounds
+the wall time from below: ``busy core-seconds / cores`` is what the run would take with every core
+busy all the time, whatever the scheduling of the tests. Run as root for the Slurm and podman tests,
+as CI does.
 
     .venv/bin/python benchmarks/suite_cost.py                 # HEAD, scratch dir under /tmp
     .venv/bin/python benchmarks/suite_cost.py --ref a799562 --keep
@@ -72,6 +76,16 @@ class DiskSampler(threading.Thread):
             self.peak_bytes = max(self.peak_bytes, used_bytes(self.paths))
 
 
+def cpu_seconds() -> "tuple[float, float]":
+    """(busy, idle) CPU seconds of the whole machine since boot, summed over its cores (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    busy = sum(fields[:3]) + fields[5] + fields[6]  # user nice system, irq softirq (not a VM's steal)
+    return busy / ticks, idle / ticks
+
+
 def run_timed(cmd: List[str], cwd: str, log_path: str) -> "tuple[int, float]":
     """Run ``cmd`` with its output teed to ``log_path``; returns (exit code, seconds)."""
     started = time.monotonic()
@@ -112,9 +126,12 @@ def main(argv: "List[str] | None" = None) -> int:
 
     sampler = DiskSampler([clone, pytest_temp_root(), PODMAN_STORAGE], args.every)
     sampler.start()
+    busy_before, idle_before = cpu_seconds()
     code, test_seconds = run_timed(["bash", ".ci/run"], clone, os.path.join(scratch, "test.log"))
+    busy_after, idle_after = cpu_seconds()
     sampler.done.set()
     sampler.join()
+    busy, idle = busy_after - busy_before, idle_after - idle_before
     left_gb = tree_bytes(pytest_temp_root()) / 1e9
     peak_gb = (sampler.peak_bytes - sampler.start_bytes) / 1e9
     log_text = open(os.path.join(scratch, "test.log")).read()
@@ -125,6 +142,8 @@ def main(argv: "List[str] | None" = None) -> int:
     print(f"{'bash .ci/run (make test)':32} {test_seconds / 60:10.1f} m {f'<= {TARGET_MINUTES} m':>12}")
     print(f"{'peak extra disk during the run':32} {peak_gb:9.2f} GB {f'<= {TARGET_EXTRA_GB:.0f} GB':>12}")
     print(f"{'left in ' + pytest_temp_root():32} {left_gb:9.2f} GB {'one run':>12}")
+    print(f"{'CPU busy during the run':32} {100 * busy / (busy + idle):10.0f} % {'':>12}")
+    print(f"{'its CPU work / cores (a bound)':32} {busy / os.cpu_count() / 60:10.1f} m {f'<= {TARGET_MINUTES} m':>12}")
     print(f"exit code {code}; slowest tests:\n{durations_table(log_text)}")
     if args.keep:
         print(f"kept {scratch}")
