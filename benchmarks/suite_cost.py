@@ -69,11 +69,15 @@ class DiskSampler(threading.Thread):
         self.paths, self.every = paths, every
         self.start_bytes = used_bytes(paths)
         self.peak_bytes = self.start_bytes
+        self.peak_seconds = 0.0  # when the peak was sampled, from the start
         self.done = threading.Event()
 
     def run(self) -> None:
+        started = time.monotonic()
         while not self.done.wait(self.every):
-            self.peak_bytes = max(self.peak_bytes, used_bytes(self.paths))
+            used = used_bytes(self.paths)
+            if used > self.peak_bytes:
+                self.peak_bytes, self.peak_seconds = used, time.monotonic() - started
 
 
 def cpu_seconds() -> "tuple[float, float]":
@@ -100,8 +104,8 @@ def run_timed(cmd: List[str], cwd: str, log_path: str) -> "tuple[int, float]":
 
 def durations_table(log_text: str) -> str:
     """pytest's 'slowest N durations' section of ``log_text`` ('' if it never got there)."""
-    found = re.search(r"=+ slowest \d+ durations =+\n(.*?)(?:\n\n|\n=)", log_text, re.S)
-    return found.group(1) if found else ""
+    found = re.search(r"=+ slowest \d+ durations =+\n((?:\s*[\d.]+s .*\n)+)", log_text)
+    return found.group(1).rstrip("\n") if found else ""
 
 
 def main(argv: "List[str] | None" = None) -> int:
@@ -140,7 +144,8 @@ def main(argv: "List[str] | None" = None) -> int:
     print(f"{'':32} {'measured':>12} {'target':>12}")
     print(f"{'make install (.venv), not counted':32} {install_seconds / 60:10.1f} m {'':>12}")
     print(f"{'bash .ci/run (make test)':32} {test_seconds / 60:10.1f} m {f'<= {TARGET_MINUTES} m':>12}")
-    print(f"{'peak extra disk during the run':32} {peak_gb:9.2f} GB {f'<= {TARGET_EXTRA_GB:.0f} GB':>12}")
+    print(f"{'peak extra disk during the run':32} {peak_gb:9.2f} GB {f'<= {TARGET_EXTRA_GB:.0f} GB':>12}"
+          f"  (at {sampler.peak_seconds:.0f} s)")
     print(f"{'left in ' + pytest_temp_root():32} {left_gb:9.2f} GB {'one run':>12}")
     print(f"{'CPU busy during the run':32} {100 * busy / (busy + idle):10.0f} % {'':>12}")
     print(f"{'its CPU work / cores (a bound)':32} {busy / os.cpu_count() / 60:10.1f} m {f'<= {TARGET_MINUTES} m':>12}")
