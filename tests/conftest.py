@@ -93,7 +93,8 @@ def pytest_collection_modifyitems(items):
     last: in the middle of the run, the gate idled the other workers while their running tests drained
     and then while it ran (~3 min of the 2 cores half used, measured); at the end they would be idle anyway."""
     items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
-                                 item.get_closest_marker("multiserver") is None, item.get_closest_marker("slow") is None))
+                                 item.get_closest_marker("multiserver") is None,
+                                 item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")
